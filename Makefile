@@ -1,0 +1,51 @@
+# Set-up and the two main jobs. `make run` runs the pipeline on the generated default data;
+# `make test` runs the test suite. Both create .venv with Python 3.10 and the lock first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_VERSION := $(shell cat .python-version)
+# pyenv honours .python-version; otherwise a python3.10 on PATH will do.
+PYTHON ?= $(shell pyenv which python 2>/dev/null || command -v python3.10)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+DATA_ROOT ?= data/synthetic
+OUTPUT_ROOT ?= outputs
+PYTEST_ARGS ?=
+
+.PHONY: help install run test data clean distclean
+
+help:
+	@echo "make run    run the whole pipeline on the generated default data ($(DATA_ROOT))"
+	@echo "make test   run the test suite"
+	@echo "make install / data / clean / distclean"
+
+install: $(INSTALLED)
+
+$(INSTALLED): requirements.lock setup.py .python-version
+	@test -n "$(PYTHON)" || { echo "Python $(PYTHON_VERSION) not found: install it (pyenv install $(PYTHON_VERSION)) or set PYTHON=/path/to/python3.10"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))' || { echo "$(PYTHON) is not Python 3.10 (TFX 1.16 needs it)"; exit 1; }
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==24.2
+	$(BIN)/pip install --quiet --no-deps -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
+	touch $(INSTALLED)
+
+data: $(DATA_ROOT)/manifest.json
+
+$(DATA_ROOT)/manifest.json: | $(INSTALLED)
+	$(BIN)/lvseg data synth --out $(DATA_ROOT)
+
+run: $(INSTALLED) $(DATA_ROOT)/manifest.json
+	$(BIN)/lvseg run --data-root $(DATA_ROOT) --output-root $(OUTPUT_ROOT)
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(OUTPUT_ROOT)
+
+distclean: clean
+	rm -rf $(VENV) $(DATA_ROOT) *.egg-info

@@ -1,0 +1,106 @@
+"""A Pusher whose model versions appear whole or not at all.
+
+TFX's stock Pusher copies files straight into ``<base>/<unix time>/``, so TF Serving, which polls
+the base directory and loads every new integer-named folder, can see a half-copied model. Here a
+version is copied into a hidden temporary folder beside its final place (same file system; TF
+Serving ignores names that are not integers) and then renamed, which is atomic on POSIX file
+systems. Object stores (``gs://``, ``s3://``) have no atomic rename: there the copy goes straight
+to the final folder with ``saved_model.pb`` last, as the stock Pusher does.
+
+Versions are the push time in seconds, but always above the newest existing version, so two
+pushes in the same second both land (the stock Pusher silently skips the second).
+"""
+import os
+import time
+import uuid
+from typing import Any, Dict, List, Tuple
+
+from absl import logging
+from tfx import types
+from tfx.components.pusher import executor as pusher_executor
+from tfx.dsl.io import fileio
+from tfx.proto import pusher_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import io_utils, proto_utils
+
+SAVED_MODEL_FILE = "saved_model.pb"
+INCOMPLETE_MARK = ".incomplete-"
+
+
+def is_local_path(path: str) -> bool:
+    return "://" not in path
+
+
+def existing_versions(base_directory: str) -> List[int]:
+    """Integer-named version folders, as TF Serving's file system source sees them."""
+    if not fileio.isdir(base_directory):
+        return []
+    return sorted(int(name.rstrip("/")) for name in fileio.listdir(base_directory)
+                  if name.rstrip("/").isdigit())
+
+
+def next_version(base_directory: str) -> int:
+    versions = existing_versions(base_directory)
+    return max([int(time.time())] + [v + 1 for v in versions])
+
+
+def _copy_saved_model(source: str, destination: str) -> None:
+    """Copies a SavedModel folder with ``saved_model.pb`` last (what servers wait for)."""
+    io_utils.copy_dir(source, destination, deny_regex_patterns=[r"saved_model\.pb$"])
+    io_utils.copy_file(os.path.join(source, SAVED_MODEL_FILE),
+                       os.path.join(destination, SAVED_MODEL_FILE))
+
+
+def push_version_atomically(model_path: str, base_directory: str) -> Tuple[int, str]:
+    """Publishes the SavedModel at ``model_path`` as a new version; returns (version, path)."""
+    if not fileio.exists(os.path.join(model_path, SAVED_MODEL_FILE)):
+        raise FileNotFoundError(f"no {SAVED_MODEL_FILE} in {model_path}: not a SavedModel")
+    fileio.makedirs(base_directory)
+    if not is_local_path(base_directory):
+        version = next_version(base_directory)
+        version_dir = os.path.join(base_directory, str(version))
+        _copy_saved_model(model_path, version_dir)
+        return version, version_dir
+
+    staging = os.path.join(base_directory, f".{uuid.uuid4().hex}{INCOMPLETE_MARK}{os.getpid()}")
+    try:
+        _copy_saved_model(model_path, staging)
+        while True:
+            version = next_version(base_directory)
+            version_dir = os.path.join(base_directory, str(version))
+            try:
+                os.rename(staging, version_dir)  # fails if another push took this version
+                return version, version_dir
+            except OSError:
+                if not os.path.exists(version_dir):
+                    raise
+    finally:
+        if os.path.exists(staging):
+            fileio.rmtree(staging)
+
+
+class AtomicPusherExecutor(pusher_executor.Executor):
+    """Pusher executor that publishes each version with :func:`push_version_atomically`."""
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]],
+           output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        self._log_startup(input_dict, output_dict, exec_properties)
+        model_push = artifact_utils.get_single_instance(
+            output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        if not self.CheckBlessing(input_dict):
+            self._MarkNotPushed(model_push)
+            return
+        model_path = self.GetModelPath(input_dict)
+        push_destination = pusher_pb2.PushDestination()
+        proto_utils.json_to_proto(
+            exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], push_destination)
+        if push_destination.WhichOneof("destination") != "filesystem":
+            raise NotImplementedError("AtomicPusher pushes to a file system destination only")
+
+        version, version_dir = push_version_atomically(
+            model_path, push_destination.filesystem.base_directory)
+        logging.info("Pushed model version %d to %s", version, version_dir)
+        # Like the stock Pusher: the PushedModel artifact keeps its own copy, for lineage.
+        io_utils.copy_dir(model_path, model_push.uri)
+        self._MarkPushed(model_push, pushed_destination=version_dir, pushed_version=str(version))

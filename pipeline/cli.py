@@ -1,0 +1,189 @@
+"""``lvseg``: the project's command line.
+
+    lvseg data synth --out DIR [--patients N --slices N --seed S]    write the generated data
+    lvseg data check DIR                                   check records against the lab schema
+    lvseg run [--data-root DIR --output-root DIR --runner beam|local ...]    run the pipeline
+"""
+import argparse
+import logging
+import os
+import sys
+import time
+
+from pipeline import configs
+
+EXIT_BAD_INPUT = 2
+EXIT_PIPELINE_FAILED = 1
+
+
+def _add_data_commands(subparsers) -> None:
+    data = subparsers.add_parser("data", help="write or check lab-schema TFRecords")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+
+    synth = data_commands.add_parser(
+        "synth", help="write the generated default data set (train/eval split by patient)")
+    synth.add_argument("--out", default=configs.DEFAULT_DATA_ROOT, help="output folder")
+    synth.add_argument("--patients", type=int, default=20)
+    synth.add_argument("--slices", type=int, default=13, help="slices per patient")
+    synth.add_argument("--eval-fraction", type=float, default=0.1,
+                       help="share of patients in the eval split")
+    synth.add_argument("--seed", type=int, default=42)
+    synth.set_defaults(handler=_data_synth)
+
+    check = data_commands.add_parser("check", help="check every record against the lab schema")
+    check.add_argument("data_root", nargs="?", default=configs.DEFAULT_DATA_ROOT)
+    check.set_defaults(handler=_data_check)
+
+
+def _add_run_command(subparsers) -> None:
+    from pipeline import local_runner
+    from trainer import nets, preprocessing
+
+    defaults = configs.DEFAULT_TRAINING
+    run = subparsers.add_parser("run", help="run the TFX pipeline locally, ending in a push")
+    run.add_argument("--data-root", default=configs.DEFAULT_DATA_ROOT,
+                     help="folder of TFRecords; with train/ and eval/ subfolders they are the "
+                          "splits, otherwise all files are hash-split 9:1")
+    run.add_argument("--output-root", default=configs.DEFAULT_OUTPUT_ROOT,
+                     help="pipeline root, ML Metadata and pushed models go under it")
+    run.add_argument("--runner", choices=local_runner.RUNNERS, default=local_runner.DEFAULT_RUNNER)
+    run.add_argument("--model", choices=nets.MODEL_NAMES, default=defaults.model)
+    run.add_argument("--train-steps", type=int, default=configs.DEFAULT_TRAIN_STEPS)
+    run.add_argument("--epochs", type=int, default=defaults.epochs)
+    run.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    run.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument("--normalization", choices=preprocessing.NORMALIZATIONS,
+                     default=configs.DEFAULT_NORMALIZATION)
+    run.add_argument("--min-dice", type=float, default=configs.MIN_DICE,
+                     help="push only if eval Dice is at least this")
+    run.add_argument("--max-dice-drop", type=float, default=configs.MAX_DICE_DROP,
+                     help="push only if eval Dice is at most this below the blessed model's")
+    schema = run.add_mutually_exclusive_group()
+    schema.add_argument("--schema", default=configs.CURATED_SCHEMA_PATH,
+                        help="curated schema to validate against (default: the checked-in one)")
+    schema.add_argument("--infer-schema", action="store_true",
+                        help="infer the schema with SchemaGen instead of importing one")
+    run.add_argument("--beam-arg", action="append", dest="beam_args", metavar="ARG",
+                     help="a Beam pipeline option for the data components, repeatable "
+                          f"(default: {' '.join(configs.DEFAULT_BEAM_ARGS)})")
+    run.add_argument("--no-cache", action="store_true", help="recompute every component")
+    run.add_argument("--skip-data-check", action="store_true",
+                     help="do not read every record before starting (for large data sets)")
+    run.set_defaults(handler=_run)
+
+
+def _data_synth(args) -> int:
+    from pipeline import synthetic_data
+    manifest = synthetic_data.synthesize_dataset(
+        args.out, num_patients=args.patients, slices_per_patient=args.slices,
+        eval_fraction=args.eval_fraction, seed=args.seed)
+    splits = manifest["splits"]
+    print(f"wrote {args.out}: " + ", ".join(
+        f"{name} {split['num_slices']} slices from {split['num_patients']} patients"
+        for name, split in splits.items()))
+    return 0
+
+
+def _data_check(args) -> int:
+    from pipeline import input_checks
+    counts = input_checks.check_data_root(args.data_root, _split_patterns_of(args.data_root))
+    print(f"{args.data_root}: all records match the lab schema: "
+          + ", ".join(f"{split} {count}" for split, count in counts.items()))
+    return 0
+
+
+def _split_patterns_of(data_root: str):
+    from pipeline import local_runner
+    return local_runner.LocalRun(data_root=data_root).split_patterns()
+
+
+def _run(args) -> int:
+    from pipeline import input_checks, local_runner, run_summary
+
+    run = local_runner.LocalRun(
+        data_root=args.data_root,
+        output_root=args.output_root,
+        runner=args.runner,
+        schema_path=None if args.infer_schema else args.schema,
+        train_steps=args.train_steps,
+        training=dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                      learning_rate=args.learning_rate, seed=args.seed),
+        normalization=args.normalization,
+        min_dice=args.min_dice,
+        max_dice_drop=args.max_dice_drop,
+        beam_args=args.beam_args or configs.DEFAULT_BEAM_ARGS,
+        enable_cache=not args.no_cache)
+    input_checks.check_writable(run.output_root)
+    if not args.skip_data_check:
+        counts = input_checks.check_data_root(run.data_root, run.split_patterns())
+        print(f"input {run.data_root}: " + ", ".join(f"{s} {n} records" for s, n in counts.items()),
+              flush=True)
+    pipeline = local_runner.build_pipeline(run)  # configuration errors surface before the run
+
+    print(f"running {pipeline.pipeline_info.pipeline_name} with the {run.runner} runner; "
+          f"outputs under {run.pipeline_root}", flush=True)
+    started = time.time()
+    try:
+        local_runner.run_pipeline(run)
+    except Exception as exc:  # report the cause in one line; the log above has the trace
+        print(f"\npipeline failed after {time.time() - started:.0f} s: {_root_cause(exc)}",
+              file=sys.stderr)
+        return EXIT_PIPELINE_FAILED
+    summary = run_summary.read_run_summary(os.path.abspath(run.metadata_path),
+                                           run.pipeline_name)
+    _print_summary(summary, run, time.time() - started)
+    return 0
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost exception's message: Beam and TFX wrap errors several times."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _print_summary(summary, run, seconds: float) -> None:
+    dice = "n/a" if summary.eval_dice is None else f"{summary.eval_dice:.4f}"
+    lines = [f"\npipeline finished in {seconds:.0f} s",
+             f"  eval Dice      {dice}   (gate: at least {run.min_dice}"
+             + ("" if summary.baseline_dice is None else
+                f", and at most {run.max_dice_drop} below the blessed model's "
+                f"{summary.baseline_dice:.4f}") + ")",
+             f"  blessed        {'yes' if summary.blessed else 'no'}"]
+    lines += [f"                 {failure}" for failure in summary.validation_failures]
+    if summary.pushed:
+        base_path = os.path.dirname(summary.pushed_path)
+        lines += [f"  pushed         version {summary.pushed_version} -> {summary.pushed_path}",
+                  "  serve it       docker run --rm -p 8500:8500 -p 8501:8501 "
+                  f"-v {base_path}:/models/{run.model_name} -e MODEL_NAME={run.model_name} "
+                  "tensorflow/serving:2.16.1"]
+    else:
+        lines.append("  pushed         nothing (the model was not blessed, or this run reused "
+                     "an earlier push)")
+    print("\n".join(lines))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lvseg", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log TFX and Beam at INFO")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_data_commands(subparsers)
+    _add_run_command(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from pipeline import input_checks
+    try:
+        return args.handler(args)
+    except (input_checks.InputDataError, ValueError, FileNotFoundError) as exc:
+        print(f"lvseg: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

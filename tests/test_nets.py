@@ -1,0 +1,31 @@
+"""Both networks map [B, 256, 256, 1] images to [B, 256, 256, 2] logits."""
+import numpy as np
+import pytest
+
+from trainer import nets, records
+
+
+@pytest.mark.parametrize("name", nets.MODEL_NAMES)
+def test_output_shape(name):
+    model = nets.build_model(name)
+    images = np.zeros((2, records.IMAGE_SIZE, records.IMAGE_SIZE, 1), np.float32)
+    assert model(images).shape == (2, records.IMAGE_SIZE, records.IMAGE_SIZE, records.NUM_CLASSES)
+
+
+def test_lab_net_is_the_labs_layer_stack():
+    model = nets.build_lab_fcn()
+    convs = [(layer.__class__.__name__, layer.filters, layer.kernel_size, layer.strides)
+             for layer in model.layers if hasattr(layer, "filters")]
+    assert convs == [
+        ("Conv2D", 100, (5, 5), (2, 2)),
+        ("Conv2D", 200, (5, 5), (2, 2)),
+        ("Conv2D", 300, (3, 3), (1, 1)),
+        ("Conv2D", 300, (3, 3), (1, 1)),
+        ("Conv2D", 2, (1, 1), (1, 1)),
+        ("Conv2DTranspose", 2, (31, 31), (16, 16)),
+    ]
+
+
+def test_unknown_model_is_rejected():
+    with pytest.raises(ValueError, match="model must be one of"):
+        nets.build_model("resnet")

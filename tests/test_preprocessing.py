@@ -1,0 +1,76 @@
+"""preprocessing_fn run through tf.Transform (Beam, in process) on a few generated records."""
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform.beam as tft_beam
+from tensorflow_transform.tf_metadata import dataset_metadata
+from tfx.utils import io_utils
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from pipeline import configs, synthetic_data
+from trainer import preprocessing, records
+
+
+def _curated_schema():
+    return io_utils.parse_pbtxt_file(configs.CURATED_SCHEMA_PATH, schema_pb2.Schema())
+
+
+def test_curated_schema_matches_the_record_contract():
+    schema = _curated_schema()
+    assert sorted(f.name for f in schema.feature) == sorted(records.FEATURE_KEYS)
+    for feature in schema.feature:
+        assert not feature.HasField("string_domain"), feature.name  # the SchemaGen trap
+        if feature.name in (records.HEIGHT_KEY, records.WIDTH_KEY):
+            assert (feature.int_domain.min, feature.int_domain.max) == (
+                records.IMAGE_SIZE, records.IMAGE_SIZE)
+
+
+@pytest.fixture(scope="module")
+def slices():
+    return synthetic_data.generate_patient(0, 3, synthetic_data.patient_rng(1, 0))
+
+
+def _transform(slices, tmp_path, custom_config=None):
+    instances = [{records.HEIGHT_KEY: [records.IMAGE_SIZE], records.WIDTH_KEY: [records.IMAGE_SIZE],
+                  records.DEPTH_KEY: [1], records.NAME_KEY: [name.encode()],
+                  records.IMAGE_KEY: [image.astype(records.IMAGE_DTYPE).tobytes()],
+                  records.LABEL_KEY: [mask.astype(records.LABEL_DTYPE).tobytes()]}
+                 for name, image, mask in slices]
+    metadata = dataset_metadata.DatasetMetadata(_curated_schema())
+    with tft_beam.Context(temp_dir=str(tmp_path)):
+        (transformed, _), _ = ((instances, metadata) | tft_beam.AnalyzeAndTransformDataset(
+            lambda inputs: preprocessing.preprocessing_fn(inputs, custom_config),
+            output_record_batches=False))
+    return transformed
+
+
+def test_preprocessing_fn_decodes_and_normalises(slices, tmp_path):
+    transformed = _transform(slices, tmp_path)
+    assert len(transformed) == len(slices)
+    for row, (_, image, mask) in zip(transformed, slices):
+        out_image = np.asarray(row[preprocessing.IMAGE_FEATURE]).reshape(image.shape)
+        out_label = np.asarray(row[preprocessing.LABEL_FEATURE]).reshape(mask.shape)
+        np.testing.assert_array_equal(out_label, mask)
+        # percentile scaling: the 99th percentile of each image becomes 1, zeros stay 0
+        assert np.percentile(out_image, 99) == pytest.approx(1.0, abs=0.02)
+        np.testing.assert_allclose(out_image * np.percentile(image, 99), image,
+                                   rtol=0.02, atol=2.0)
+
+
+def test_lab_normalisation_is_the_labs_fixed_scale(slices, tmp_path):
+    transformed = _transform(slices[:1], tmp_path, {"normalization": "lab"})
+    image = slices[0][1]
+    np.testing.assert_allclose(
+        np.asarray(transformed[0][preprocessing.IMAGE_FEATURE]).reshape(image.shape),
+        image / 1024.0, rtol=1e-6)
+
+
+def test_normalisation_rejects_unknown_method():
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        preprocessing.normalize_image(tf.zeros([1, records.IMAGE_SIZE, records.IMAGE_SIZE, 1]),
+                                      "zscore")
+
+
+def test_dark_image_is_not_divided_by_zero():
+    dark = tf.zeros([1, records.IMAGE_SIZE, records.IMAGE_SIZE, 1])
+    assert float(tf.reduce_max(preprocessing.normalize_image(dark))) == 0.0

@@ -1,0 +1,148 @@
+"""TFX Trainer entry point: ``run_fn`` (``Trainer(run_fn='trainer.model.run_fn')``).
+
+Reads the transformed examples, trains the chosen network with cross-entropy + soft-Dice loss,
+logs to TensorBoard in the model run directory and exports a SavedModel with the signatures of
+:mod:`trainer.signatures`. Uses ``MirroredStrategy`` over all visible GPUs, the default
+(single-device) strategy on CPU.
+"""
+import dataclasses
+import json
+import math
+from typing import Optional
+
+from absl import logging
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx import v1 as tfx
+from tfx_bsl.public import tfxio
+
+from trainer import dice, nets, preprocessing, signatures
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """The Trainer's hyperparameters, passed as the component's ``custom_config``.
+
+    The number of steps is TFX's own ``TrainArgs.num_steps``; it is spread over ``epochs`` so the
+    validation Dice and TensorBoard get a point per epoch.
+    """
+
+    model: str = nets.UNET
+    epochs: int = 10
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    dice_loss_weight: float = 1.0  # loss = cross-entropy + weight * (1 - soft Dice)
+    augment: bool = True  # random flips of image and mask together
+    unet_base_filters: int = 16
+    seed: Optional[int] = 42  # seeds weights and shuffling; None for a different run each time
+    shuffle_buffer: int = 1024
+
+    @classmethod
+    def from_custom_config(cls, custom_config: Optional[dict]) -> "TrainingConfig":
+        custom_config = dict(custom_config or {})
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(custom_config) - known)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+        config = cls(**custom_config)
+        if config.model not in nets.MODEL_NAMES:
+            raise ValueError(f"model must be one of {nets.MODEL_NAMES}, got {config.model!r}")
+        for name in ("epochs", "batch_size"):
+            if getattr(config, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}")
+        if not config.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {config.learning_rate}")
+        return config
+
+
+def _distribution_strategy() -> tf.distribute.Strategy:
+    gpus = tf.config.list_logical_devices("GPU")
+    if gpus:
+        logging.info("Training on %d GPU(s) with MirroredStrategy", len(gpus))
+        return tf.distribute.MirroredStrategy()
+    logging.info("No GPU visible: training on the CPU")
+    return tf.distribute.get_strategy()
+
+
+def _random_flips(image, label):
+    """Flips image and mask together, left-right and up-down, each with probability 1/2."""
+    stacked = tf.concat([image, tf.cast(label[..., tf.newaxis], image.dtype)], axis=-1)
+    stacked = tf.image.random_flip_left_right(stacked)
+    stacked = tf.image.random_flip_up_down(stacked)
+    return stacked[..., :1], tf.cast(stacked[..., 1], label.dtype)
+
+
+def input_dataset(file_pattern, data_accessor, tf_transform_output: tft.TFTransformOutput,
+                  config: TrainingConfig, batch_size: int, training: bool) -> tf.data.Dataset:
+    """(image, label) batches from transformed examples.
+
+    The split is parsed once and cached in memory (the lab-sized set is ~200 MB as float32), then
+    shuffled, repeated and augmented for training; the eval split is read once per epoch.
+    """
+    dataset = data_accessor.tf_dataset_factory(
+        file_pattern,
+        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, num_epochs=1, shuffle=False,
+                                       label_key=preprocessing.LABEL_FEATURE),
+        tf_transform_output.transformed_metadata.schema)
+    dataset = dataset.map(lambda features, label: (features[preprocessing.IMAGE_FEATURE], label))
+    if not training:
+        return dataset.cache().prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.unbatch().cache()
+    dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed).repeat()
+    if config.augment:
+        dataset = dataset.map(_random_flips, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def build_loss(dice_loss_weight: float):
+    cross_entropy = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def segmentation_loss(labels, logits):
+        loss = cross_entropy(labels, logits)
+        if dice_loss_weight:
+            loss += dice_loss_weight * dice.soft_dice_loss(labels, logits)
+        return loss
+
+    return segmentation_loss
+
+
+def build_compiled_model(config: TrainingConfig) -> tf.keras.Model:
+    model = nets.build_model(config.model, unet_base_filters=config.unet_base_filters)
+    model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate),
+                  loss=build_loss(config.dice_loss_weight),
+                  metrics=[dice.DiceCoefficient()])
+    return model
+
+
+def run_fn(fn_args: tfx.components.FnArgs):
+    """Trains the model and exports it to ``fn_args.serving_model_dir``."""
+    config = TrainingConfig.from_custom_config(fn_args.custom_config)
+    logging.info("Training config: %s", json.dumps(dataclasses.asdict(config)))
+    if config.seed is not None:
+        tf.keras.utils.set_random_seed(config.seed)
+        tf.config.experimental.enable_op_determinism()
+
+    strategy = _distribution_strategy()
+    global_batch_size = config.batch_size * strategy.num_replicas_in_sync
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    train_dataset = input_dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
+                                  config, global_batch_size, training=True)
+    eval_dataset = input_dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
+                                 config, global_batch_size, training=False)
+
+    with strategy.scope():
+        model = build_compiled_model(config)
+
+    epochs = min(config.epochs, fn_args.train_steps)
+    model.fit(
+        train_dataset,
+        epochs=epochs,
+        steps_per_epoch=math.ceil(fn_args.train_steps / epochs),
+        validation_data=eval_dataset,
+        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir,
+                                                  update_freq="epoch")],
+        verbose=2)
+
+    model.save(fn_args.serving_model_dir, save_format="tf",
+               signatures=signatures.build_signatures(model, tf_transform_output))
+    logging.info("Exported SavedModel to %s", fn_args.serving_model_dir)
