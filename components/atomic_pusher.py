@@ -17,7 +17,9 @@ from typing import Any, Dict, List, Tuple
 
 from absl import logging
 from tfx import types
+from tfx.components.pusher import component as pusher_component
 from tfx.components.pusher import executor as pusher_executor
+from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
@@ -104,3 +106,9 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         # Like the stock Pusher: the PushedModel artifact keeps its own copy, for lineage.
         io_utils.copy_dir(model_path, model_push.uri)
         self._MarkPushed(model_push, pushed_destination=version_dir, pushed_version=str(version))
+
+
+class AtomicPusher(pusher_component.Pusher):
+    """TFX's Pusher with :class:`AtomicPusherExecutor`; same inputs, outputs and options."""
+
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(AtomicPusherExecutor)

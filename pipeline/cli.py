@@ -166,7 +166,8 @@ def _print_summary(summary, run, seconds: float) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lvseg", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log TFX and Beam at INFO")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show TFX's and Beam's full log instead of one line per step")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(subparsers)
     _add_run_command(subparsers)
@@ -175,8 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        from pipeline import progress
+        progress.show_step_progress()
     from pipeline import input_checks
     try:
         return args.handler(args)

@@ -9,10 +9,9 @@ No I/O and no environment reads here: runners pass every path and knob.
 from typing import Dict, Optional, Sequence
 
 from tfx import v1 as tfx
-from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
-from components.atomic_pusher import AtomicPusherExecutor
+from components.atomic_pusher import AtomicPusher
 from components.data_gate import DataGate
 from pipeline import configs, eval_config
 
@@ -110,12 +109,11 @@ def create_pipeline(
         baseline_model=model_resolver.outputs["model"],
         eval_config=eval_config.build_eval_config(min_dice, max_dice_drop))
 
-    pusher = tfx.components.Pusher(
+    pusher = AtomicPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)),
-        custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPusherExecutor))
+            filesystem=tfx.proto.PushDestination.Filesystem(base_directory=serving_model_dir)))
 
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,

@@ -9,6 +9,7 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
+from components.atomic_pusher import AtomicPusher
 from trainer import dice
 
 _NODE_CONTEXT_TYPE = "node"
@@ -81,7 +82,7 @@ def read_run_summary(metadata_path: str, pipeline_name: str) -> RunSummary:
 
     trainer = _latest_outputs(store, pipeline_name, "Trainer")
     evaluator = _latest_outputs(store, pipeline_name, "Evaluator")
-    pusher = _latest_outputs(store, pipeline_name, "Pusher")
+    pusher = _latest_outputs(store, pipeline_name, AtomicPusher.__name__)
 
     eval_dice = baseline_dice = None
     failures: List[str] = []
