@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Dict, Optional, TextIO
 
+from absl import logging as absl_logging
+
 _STEP = re.compile(r"^(?:[Cc]omponent|node) (\S+) is (running|finished)\.$")
 _CACHED = re.compile(r"^A cached execution \d+ is used\.$")
 _QUIET_LOGGERS = ("tensorflow", "apache_beam", "tensorflow_model_analysis")
@@ -51,8 +53,10 @@ class StepProgress(logging.Handler):
 
 def show_step_progress() -> None:
     """Routes TFX's (absl) log through :class:`StepProgress`; quiets TF/Beam warnings."""
+    # Through absl's own flag: TFX's Beam executors re-parse absl flags, which resets a level
+    # set on the logger directly to absl's default (WARNING) halfway through the run.
+    absl_logging.set_verbosity(absl_logging.INFO)
     absl_logger = logging.getLogger("absl")
-    absl_logger.setLevel(logging.INFO)
     absl_logger.handlers = [StepProgress()]
     absl_logger.propagate = False
     for name in _QUIET_LOGGERS:
