@@ -8,12 +8,13 @@ systems. Object stores (``gs://``, ``s3://``) have no atomic rename: there the c
 to the final folder with ``saved_model.pb`` last, as the stock Pusher does.
 
 Versions are the push time in seconds, but always above the newest existing version, so two
-pushes in the same second both land (the stock Pusher silently skips the second).
+pushes in the same second both land (the stock Pusher silently skips the second). A model that is
+already the newest version (byte for byte) is not published again.
 """
 import os
 import time
 import uuid
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 from tfx import types
@@ -27,6 +28,8 @@ from tfx.utils import io_utils, proto_utils
 
 SAVED_MODEL_FILE = "saved_model.pb"
 INCOMPLETE_MARK = ".incomplete-"
+# Custom property of the PushedModel artifact: 1 when the model was already the newest version.
+REUSED_VERSION_PROPERTY = "reused_version"
 
 
 def is_local_path(path: str) -> bool:
@@ -44,6 +47,37 @@ def existing_versions(base_directory: str) -> List[int]:
 def next_version(base_directory: str) -> int:
     versions = existing_versions(base_directory)
     return max([int(time.time())] + [v + 1 for v in versions])
+
+
+def _relative_files(root: str) -> List[str]:
+    root = root.rstrip("/")
+    return sorted(os.path.relpath(os.path.join(folder, name), root)
+                  for folder, _, names in fileio.walk(root) for name in names)
+
+
+def _same_files(folder_a: str, folder_b: str) -> bool:
+    files = _relative_files(folder_a)
+    if files != _relative_files(folder_b):
+        return False
+    for name in files:
+        with fileio.open(os.path.join(folder_a, name), "rb") as a, \
+                fileio.open(os.path.join(folder_b, name), "rb") as b:
+            if a.read() != b.read():
+                return False
+    return True
+
+
+def latest_version_if_identical(model_path: str, base_directory: str) -> Optional[Tuple[int, str]]:
+    """(version, path) of the newest version when it holds exactly this SavedModel, else None.
+
+    A pipeline re-run whose Trainer came from the cache re-blesses the same model against
+    itself; publishing it again would make servers reload an identical version.
+    """
+    versions = existing_versions(base_directory)
+    if not versions:
+        return None
+    version_dir = os.path.join(base_directory, str(versions[-1]))
+    return (versions[-1], version_dir) if _same_files(model_path, version_dir) else None
 
 
 def _copy_saved_model(source: str, destination: str) -> None:
@@ -100,9 +134,15 @@ class AtomicPusherExecutor(pusher_executor.Executor):
         if push_destination.WhichOneof("destination") != "filesystem":
             raise NotImplementedError("AtomicPusher pushes to a file system destination only")
 
-        version, version_dir = push_version_atomically(
-            model_path, push_destination.filesystem.base_directory)
-        logging.info("Pushed model version %d to %s", version, version_dir)
+        base_directory = push_destination.filesystem.base_directory
+        published = latest_version_if_identical(model_path, base_directory)
+        if published:
+            version, version_dir = published
+            logging.info("Model already published as version %d at %s", version, version_dir)
+        else:
+            version, version_dir = push_version_atomically(model_path, base_directory)
+            logging.info("Pushed model version %d to %s", version, version_dir)
+        model_push.set_int_custom_property(REUSED_VERSION_PROPERTY, int(bool(published)))
         # Like the stock Pusher: the PushedModel artifact keeps its own copy, for lineage.
         io_utils.copy_dir(model_path, model_push.uri)
         self._MarkPushed(model_push, pushed_destination=version_dir, pushed_version=str(version))

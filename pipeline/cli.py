@@ -154,13 +154,14 @@ def _print_summary(summary, run, seconds: float) -> None:
     lines += [f"                 {failure}" for failure in summary.validation_failures]
     if summary.pushed:
         base_path = os.path.dirname(summary.pushed_path)
-        lines += [f"  pushed         version {summary.pushed_version} -> {summary.pushed_path}",
+        reused = " (by an earlier run: nothing changed since)" if summary.push_reused else ""
+        lines += [f"  pushed         version {summary.pushed_version} -> {summary.pushed_path}"
+                  + reused,
                   "  serve it       docker run --rm -p 8500:8500 -p 8501:8501 "
                   f"-v {base_path}:/models/{run.model_name} -e MODEL_NAME={run.model_name} "
                   "tensorflow/serving:2.16.1"]
     else:
-        lines.append("  pushed         nothing (the model was not blessed, or this run reused "
-                     "an earlier push)")
+        lines.append("  pushed         nothing (the model was not blessed)")
     print("\n".join(lines))
 
 

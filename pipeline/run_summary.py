@@ -9,7 +9,7 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from components.atomic_pusher import AtomicPusher
+from components import atomic_pusher
 from trainer import dice
 
 _NODE_CONTEXT_TYPE = "node"
@@ -23,26 +23,30 @@ class RunSummary:
     blessed: bool
     validation_failures: List[str]
     pushed: bool
+    push_reused: bool  # an earlier run pushed this very model (cached, or identical files)
     pushed_version: Optional[str]
     pushed_path: Optional[str]
     model_uri: Optional[str]
     evaluation_uri: Optional[str]
 
 
-def _latest_outputs(store: metadata_store.MetadataStore, pipeline_name: str,
-                    node_id: str) -> Dict[str, list]:
-    """Output artifacts, by output key, of the newest finished execution of a node."""
+def _latest_execution(store: metadata_store.MetadataStore, pipeline_name: str, node_id: str):
+    """The newest finished (run or cached) execution of a pipeline node, or None."""
     context = store.get_context_by_type_and_name(_NODE_CONTEXT_TYPE, f"{pipeline_name}.{node_id}")
     if context is None:
-        return {}
+        return None
     executions = [e for e in store.get_executions_by_context(context.id)
                   if e.last_known_state in _DONE_STATES]
-    if not executions:
+    return max(executions, key=lambda e: (e.create_time_since_epoch, e.id), default=None)
+
+
+def _outputs(store: metadata_store.MetadataStore, execution) -> Dict[str, list]:
+    """Output artifacts of an execution (None: no outputs), by output key."""
+    if execution is None:
         return {}
-    latest = max(executions, key=lambda e: (e.create_time_since_epoch, e.id))
     outputs: Dict[str, list] = {}
     output_types = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
-    events = [e for e in store.get_events_by_execution_ids([latest.id]) if e.type in output_types]
+    events = [e for e in store.get_events_by_execution_ids([execution.id]) if e.type in output_types]
     artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
     for event in events:
         outputs.setdefault(event.path.steps[0].key, []).append(artifacts[event.artifact_id])
@@ -80,9 +84,11 @@ def read_run_summary(metadata_path: str, pipeline_name: str) -> RunSummary:
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
     store = metadata_store.MetadataStore(config)
 
-    trainer = _latest_outputs(store, pipeline_name, "Trainer")
-    evaluator = _latest_outputs(store, pipeline_name, "Evaluator")
-    pusher = _latest_outputs(store, pipeline_name, AtomicPusher.__name__)
+    trainer = _outputs(store, _latest_execution(store, pipeline_name, "Trainer"))
+    evaluator = _outputs(store, _latest_execution(store, pipeline_name, "Evaluator"))
+    push_execution = _latest_execution(store, pipeline_name,
+                                       atomic_pusher.AtomicPusher.__name__)
+    pusher = _outputs(store, push_execution)
 
     eval_dice = baseline_dice = None
     failures: List[str] = []
@@ -102,6 +108,9 @@ def read_run_summary(metadata_path: str, pipeline_name: str) -> RunSummary:
         blessed=bool(blessing is not None and _custom(blessing, "blessed")),
         validation_failures=failures,
         pushed=pushed,
+        push_reused=bool(pushed and (
+            push_execution.last_known_state == metadata_store_pb2.Execution.CACHED
+            or _custom(pushed_model, atomic_pusher.REUSED_VERSION_PROPERTY))),
         pushed_version=_custom(pushed_model, "pushed_version") if pushed else None,
         pushed_path=_custom(pushed_model, "pushed_destination") if pushed else None,
         model_uri=trainer["model"][0].uri if trainer.get("model") else None,

@@ -68,3 +68,13 @@ def test_refuses_a_folder_that_is_not_a_saved_model(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="not a SavedModel"):
         atomic_pusher.push_version_atomically(str(tmp_path / "empty"), str(tmp_path / "serving"))
+
+
+def test_an_identical_model_is_recognised_as_the_newest_version(tmp_path):
+    model = _fake_saved_model(str(tmp_path / "model"))
+    base = str(tmp_path / "serving")
+    assert atomic_pusher.latest_version_if_identical(model, base) is None
+    version, path = atomic_pusher.push_version_atomically(model, base)
+    assert atomic_pusher.latest_version_if_identical(model, base) == (version, path)
+    retrained = _fake_saved_model(str(tmp_path / "retrained"), payload=b"other weights")
+    assert atomic_pusher.latest_version_if_identical(retrained, base) is None

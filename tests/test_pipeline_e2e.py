@@ -47,13 +47,22 @@ def _eval_slice(data_root):
 
 def test_first_run_is_blessed_and_pushed(local_root):
     run, summary = local_root
-    assert summary.blessed and summary.pushed
+    assert summary.blessed and summary.pushed and not summary.push_reused
     assert summary.eval_dice is not None and summary.baseline_dice is None
     assert _versions(run) == [summary.pushed_version]
     assert summary.pushed_path == os.path.join(os.path.abspath(run.serving_model_dir),
                                                summary.pushed_version)
     assert os.path.isfile(run.metadata_path)
     assert os.path.isfile(os.path.join(summary.pushed_path, "saved_model.pb"))
+
+
+def test_rerun_with_nothing_changed_publishes_no_new_version(local_root, tiny_data_root):
+    run_a, summary_a = local_root
+    run, summary = _run(tiny_data_root, run_a.output_root, min_dice=0.0, **TRAINED)
+    assert summary.model_uri == summary_a.model_uri  # Trainer and data stages from the cache
+    assert summary.blessed and summary.pushed and summary.push_reused
+    assert summary.pushed_version == summary_a.pushed_version
+    assert _versions(run) == [summary_a.pushed_version]
 
 
 def test_trainer_writes_tensorboard_logs(local_root):
