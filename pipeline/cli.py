@@ -30,6 +30,20 @@ def _add_data_commands(subparsers) -> None:
     synth.add_argument("--seed", type=int, default=42)
     synth.set_defaults(handler=_data_synth)
 
+    scd = data_commands.add_parser(
+        "sunnybrook", help="convert Sunnybrook-style DICOMs + LV contours to lab-schema records")
+    scd.add_argument("--dicom-root", required=True,
+                     help="folder of per-patient DICOM folders (dicoms/ or SCD_DeidentifiedImages/)")
+    scd.add_argument("--contour-root", required=True,
+                     help="folder of per-case contour folders (contourfiles/ or SCD_ManualContours/)")
+    scd.add_argument("--link", help="CSV with patient_id,original_id when DICOM and contour "
+                                    "folders are named differently")
+    scd.add_argument("--out", required=True, help="output folder (train/ and eval/ records)")
+    scd.add_argument("--eval-fraction", type=float, default=0.25,
+                     help="share of patients in the eval split (at least one patient)")
+    scd.add_argument("--seed", type=int, default=42)
+    scd.set_defaults(handler=_data_sunnybrook)
+
     check = data_commands.add_parser("check", help="check every record against the lab schema")
     check.add_argument("data_root", nargs="?", default=configs.DEFAULT_DATA_ROOT)
     check.set_defaults(handler=_data_check)
@@ -82,6 +96,22 @@ def _data_synth(args) -> int:
     print(f"wrote {args.out}: " + ", ".join(
         f"{name} {split['num_slices']} slices from {split['num_patients']} patients"
         for name, split in splits.items()))
+    return 0
+
+
+def _data_sunnybrook(args) -> int:
+    from components import sunnybrook
+    summary = sunnybrook.ingest(args.dicom_root, args.contour_root, args.link, args.out,
+                                eval_fraction=args.eval_fraction, seed=args.seed)
+    print(f"wrote {args.out}: {summary['slices']} labelled slices from "
+          f"{summary['contour_dicom_pairs']} contours ({summary['unlabelled_dicoms']} DICOMs "
+          "without contour)")
+    for split, info in summary["splits"].items():
+        print(f"  {split:5s} {info['slices']:4d} slices, patients {', '.join(info['patients'])}")
+    for reason, info in summary["skipped"].items():
+        print(f"  skipped {info['count']} ({info['why']}): {', '.join(info['files'][:3])}"
+              + (" ..." if info["count"] > 3 else ""))
+    print(f"  summary: {os.path.join(args.out, sunnybrook.SUMMARY_FILE)}")
     return 0
 
 

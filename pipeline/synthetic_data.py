@@ -39,6 +39,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from components import patient_split
 from trainer import records
 
 GENERATOR_VERSION = "synthetic-sax-1"
@@ -57,9 +58,14 @@ _AXIS = np.arange(_SIZE, dtype=np.float32)
 SliceRecord = Tuple[str, np.ndarray, np.ndarray]
 
 
+def patient_name(patient_id: int) -> str:
+    """The ``patient_id`` feature of the records, e.g. ``synth-p007``."""
+    return f"synth-p{patient_id:03d}"
+
+
 def slice_name(patient_id: int, slice_index: int) -> str:
     """The record name; the patient prefix lets tests and tools check the split by patient."""
-    return f"synth-p{patient_id:03d}-s{slice_index:02d}"
+    return f"{patient_name(patient_id)}-s{slice_index:02d}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,19 +377,9 @@ def generate_patient(patient_id: int, num_slices: int,
 
 def split_patients(num_patients: int, eval_fraction: float,
                    seed: int) -> Tuple[List[int], List[int]]:
-    """Splits patient ids 0..num_patients-1 into (train, eval), by patient so no anatomy leaks.
-
-    At least one eval patient when eval_fraction > 0 and there are two patients or more, and at
-    least one train patient whenever there is one.
-    """
-    if not 0.0 <= eval_fraction <= 1.0:
-        raise ValueError(f"eval_fraction must be in [0, 1], got {eval_fraction}")
-    num_eval = int(round(num_patients * eval_fraction))
-    if eval_fraction > 0 and num_patients >= 2:
-        num_eval = max(num_eval, 1)
-    num_eval = min(num_eval, max(num_patients - 1, 0))
-    order = np.random.default_rng([seed, 0x5EED]).permutation(num_patients)
-    return sorted(int(i) for i in order[num_eval:]), sorted(int(i) for i in order[:num_eval])
+    """Splits patient ids 0..num_patients-1 into (train, eval), by patient so no anatomy leaks
+    (see :func:`components.patient_split.split_patients`)."""
+    return patient_split.split_patients(list(range(num_patients)), eval_fraction, seed)
 
 
 def patient_rng(seed: int, patient_id: int) -> np.random.Generator:
@@ -415,11 +411,12 @@ def synthesize_dataset(out_dir: str, num_patients: int = 20, slices_per_patient:
 
             def slices(ids=ids, empty=empty):
                 for patient_id in ids:
-                    for record in generate_patient(patient_id, slices_per_patient,
-                                                   patient_rng(seed, patient_id)):
-                        empty[0] += int(not record[2].any())
+                    for name, image, mask in generate_patient(
+                            patient_id, slices_per_patient, patient_rng(seed, patient_id)):
+                        empty[0] += int(not mask.any())
                         bar.update(1)
-                        yield record
+                        yield records.Slice(name, image, mask,
+                                            patient_id=patient_name(patient_id))
 
             count = records.write_lab_records(os.path.join(split_dir, file_name), slices())
             splits[split] = {

@@ -17,7 +17,8 @@ def _curated_schema():
 
 def test_curated_schema_matches_the_record_contract():
     schema = _curated_schema()
-    assert sorted(f.name for f in schema.feature) == sorted(records.FEATURE_KEYS)
+    assert sorted(f.name for f in schema.feature) == sorted(
+        records.FEATURE_KEYS + records.OPTIONAL_FEATURE_KEYS)
     for feature in schema.feature:
         assert not feature.HasField("string_domain"), feature.name  # the SchemaGen trap
         if feature.name in (records.HEIGHT_KEY, records.WIDTH_KEY):
@@ -34,7 +35,8 @@ def _transform(slices, tmp_path, custom_config=None):
     instances = [{records.HEIGHT_KEY: [records.IMAGE_SIZE], records.WIDTH_KEY: [records.IMAGE_SIZE],
                   records.DEPTH_KEY: [1], records.NAME_KEY: [name.encode()],
                   records.IMAGE_KEY: [image.astype(records.IMAGE_DTYPE).tobytes()],
-                  records.LABEL_KEY: [mask.astype(records.LABEL_DTYPE).tobytes()]}
+                  records.LABEL_KEY: [mask.astype(records.LABEL_DTYPE).tobytes()],
+                  **{key: [] for key in records.OPTIONAL_FEATURE_KEYS}}
                  for name, image, mask in slices]
     metadata = dataset_metadata.DatasetMetadata(_curated_schema())
     with tft_beam.Context(temp_dir=str(tmp_path)):

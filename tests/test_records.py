@@ -39,6 +39,23 @@ def test_example_has_the_lab_features_and_types():
     assert len(feature["label_raw"].bytes_list.value[0]) == records.NUM_PIXELS
 
 
+def test_optional_features_round_trip_and_stay_optional(tmp_path):
+    image, mask = _slice()
+    path = str(tmp_path / "real.tfrecord")
+    records.write_lab_records(path, [
+        records.Slice("scd-1-0048", image, mask, patient_id="SCD0000101",
+                      pixel_spacing=(1.367188, 1.367188), slice_location=-30.072),
+        ("lab-style", image, mask)])
+    real, lab_style = records.iter_lab_records(path)
+    assert real.patient_id == "SCD0000101"
+    assert real.pixel_spacing == pytest.approx((1.367188, 1.367188))
+    assert real.slice_location == pytest.approx(-30.072)
+    assert (lab_style.patient_id, lab_style.pixel_spacing, lab_style.slice_location) == (
+        None, None, None)
+    with pytest.raises(records.RecordError, match="pixel_spacing"):
+        records.encode_example("x", image, mask, pixel_spacing=(0.0, 1.0))
+
+
 def test_encoding_is_deterministic():
     image, mask = _slice()
     assert records.encode_example("x", image, mask) == records.encode_example("x", image, mask)

@@ -181,3 +181,10 @@ def test_no_patient_in_both_splits_and_manifest_matches_files(small_set):
     assert manifest["num_slices"] == 12
     assert manifest["num_empty_slices"] == sum(
         not s.mask.any() for items in slices.values() for s in items)
+
+
+def test_records_carry_their_patient_id(small_set):
+    out_dir, _ = small_set
+    for split_slices in _read_all(out_dir).values():
+        for item in split_slices:
+            assert item.patient_id is not None and item.name.startswith(item.patient_id + "-")

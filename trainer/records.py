@@ -13,6 +13,10 @@ feature        type     content
 ``label_raw``  bytes    256*256 uint8 mask, 1 = LV blood pool (inside the endocardial contour)
 =============  =======  ==================================================================
 
+Real acquisitions add optional features beside the lab's (absent from the lab's own records and
+ignored by the model): ``patient_id`` (bytes), ``pixel_spacing`` (float [row mm, column mm]) and
+``slice_location`` (float, mm), so evaluation can slice by patient and report areas in mm^2.
+
 The writer, the parser and the checks of that contract live here; the preprocessing_fn, the
 serving signatures, the data generator, the validators and the tests import the names, sizes and
 dtypes from this module instead of repeating them.
@@ -36,6 +40,11 @@ IMAGE_KEY = "image_raw"
 LABEL_KEY = "label_raw"
 FEATURE_KEYS = (HEIGHT_KEY, WIDTH_KEY, DEPTH_KEY, NAME_KEY, IMAGE_KEY, LABEL_KEY)
 
+PATIENT_ID_KEY = "patient_id"
+PIXEL_SPACING_KEY = "pixel_spacing"
+SLICE_LOCATION_KEY = "slice_location"
+OPTIONAL_FEATURE_KEYS = (PATIENT_ID_KEY, PIXEL_SPACING_KEY, SLICE_LOCATION_KEY)
+
 IMAGE_DTYPE = np.dtype("<i8")  # int64, little-endian, as the lab's ``img.tostring()`` wrote it
 LABEL_DTYPE = np.dtype("u1")
 IMAGE_BYTES = NUM_PIXELS * IMAGE_DTYPE.itemsize
@@ -50,11 +59,14 @@ class RecordError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Slice:
-    """One decoded record: the image as int64 pixel values and the 0/1 LV mask."""
+    """One record: the image as int64 pixel values, the 0/1 LV mask, and what else is known."""
 
     name: str
     image: np.ndarray  # (256, 256) int64
     mask: np.ndarray  # (256, 256) uint8
+    patient_id: Optional[str] = None
+    pixel_spacing: Optional[Tuple[float, float]] = None  # mm per pixel: (row, column)
+    slice_location: Optional[float] = None  # mm along the scanner axis
 
 
 def _bytes_feature(value: bytes):
@@ -67,8 +79,17 @@ def _int64_feature(value: int):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 
 
-def encode_example(name: str, image: np.ndarray, mask: np.ndarray) -> bytes:
-    """Serialises one slice as a lab-schema ``tf.train.Example``."""
+def _float_feature(values):
+    import tensorflow as tf
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+
+
+def encode_example(name: str, image: np.ndarray, mask: np.ndarray, *,
+                   patient_id: Optional[str] = None,
+                   pixel_spacing: Optional[Tuple[float, float]] = None,
+                   slice_location: Optional[float] = None) -> bytes:
+    """Serialises one slice as a lab-schema ``tf.train.Example`` (plus the optional features
+    that are given)."""
     import tensorflow as tf
     image = np.asarray(image)
     mask = np.asarray(mask)
@@ -85,7 +106,22 @@ def encode_example(name: str, image: np.ndarray, mask: np.ndarray) -> bytes:
         IMAGE_KEY: _bytes_feature(image.astype(IMAGE_DTYPE).tobytes()),
         LABEL_KEY: _bytes_feature(mask.astype(LABEL_DTYPE).tobytes()),
     }))
+    feature = example.features.feature
+    if patient_id is not None:
+        feature[PATIENT_ID_KEY].CopyFrom(_bytes_feature(patient_id.encode("utf-8")))
+    if pixel_spacing is not None:
+        if len(pixel_spacing) != 2 or min(pixel_spacing) <= 0:
+            raise RecordError(f"{name}: pixel_spacing must be two positive mm values, "
+                              f"got {pixel_spacing}")
+        feature[PIXEL_SPACING_KEY].CopyFrom(_float_feature(pixel_spacing))
+    if slice_location is not None:
+        feature[SLICE_LOCATION_KEY].CopyFrom(_float_feature([slice_location]))
     return example.SerializeToString(deterministic=True)
+
+
+def encode_slice(item: Slice) -> bytes:
+    return encode_example(item.name, item.image, item.mask, patient_id=item.patient_id,
+                          pixel_spacing=item.pixel_spacing, slice_location=item.slice_location)
 
 
 def decode_example(serialized: bytes, where: str = "record") -> Slice:
@@ -128,11 +164,24 @@ def decode_example(serialized: bytes, where: str = "record") -> Slice:
     if mask.max(initial=0) > 1:
         raise RecordError(f"{where}: {LABEL_KEY} has values {sorted(set(np.unique(mask)) - {0, 1})}"
                           f" besides 0/1")
-    return Slice(name=name, image=image, mask=mask)
+    patient_id = pixel_spacing = slice_location = None
+    if PATIENT_ID_KEY in feature:
+        patient_id = single(PATIENT_ID_KEY, "bytes_list").decode("utf-8", errors="replace")
+    if PIXEL_SPACING_KEY in feature:
+        spacing = tuple(feature[PIXEL_SPACING_KEY].float_list.value)
+        if len(spacing) != 2 or min(spacing) <= 0:
+            raise RecordError(f"{where}: {PIXEL_SPACING_KEY} must be two positive mm values, "
+                              f"got {spacing}")
+        pixel_spacing = spacing
+    if SLICE_LOCATION_KEY in feature:
+        slice_location = single(SLICE_LOCATION_KEY, "float_list")
+    return Slice(name=name, image=image, mask=mask, patient_id=patient_id,
+                 pixel_spacing=pixel_spacing, slice_location=slice_location)
 
 
-def write_lab_records(path: str, slices: Iterable[Tuple[str, np.ndarray, np.ndarray]]) -> int:
-    """Writes ``(name, image, mask)`` triples to one TFRecord file, atomically.
+def write_lab_records(path: str, slices: Iterable) -> int:
+    """Writes slices (:class:`Slice` objects or ``(name, image, mask)`` triples) to one TFRecord
+    file, atomically.
 
     The file appears under its final name only once complete (written as ``<path>.partial``,
     then renamed), so an interrupted write never leaves a truncated file behind.
@@ -141,8 +190,8 @@ def write_lab_records(path: str, slices: Iterable[Tuple[str, np.ndarray, np.ndar
     partial = path + ".partial"
     count = 0
     with tf.io.TFRecordWriter(partial) as writer:
-        for name, image, mask in slices:
-            writer.write(encode_example(name, image, mask))
+        for item in slices:
+            writer.write(encode_slice(item if isinstance(item, Slice) else Slice(*item)))
             count += 1
     tf.io.gfile.rename(partial, path, overwrite=True)
     return count
