@@ -1,0 +1,1 @@
+"""Benchmarks that print one JSON object each; run them from the repository root."""

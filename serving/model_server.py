@@ -1,0 +1,409 @@
+"""The local stand-in for ``tensorflow_model_server``: TF Serving's gRPC API over this project's
+SavedModels, for debugging and tests on machines where the real binary cannot be installed.
+
+Production serves the pushed models with the official ``tensorflow/serving`` image (see
+``serving/deploy/``); this server answers the same RPCs on a real port, so clients, the predict
+CLI and the pipeline's servable check talk to either alike:
+
+- ``PredictionService.Predict`` and ``GetModelMetadata`` (``signature_def``), and
+  ``ModelService.GetModelStatus``; the other RPCs answer UNIMPLEMENTED.
+- Versions: :mod:`serving.versions` (latest by default, polling, reload without failing
+  requests in flight).
+- TF Serving's REST API too, on request (``rest_port``, :mod:`serving.rest_gateway`).
+- Status codes as TF Serving's: unknown model or version NOT_FOUND, unknown label or bad input
+  INVALID_ARGUMENT (inputs are checked against the SignatureDef's names, dtypes and shapes before
+  the model runs), unknown signature FAILED_PRECONDITION, a message over the size limit
+  RESOURCE_EXHAUSTED (gRPC's own check), and so is a small message declaring a tensor that
+  would be larger than that limit once decoded (a shape with one repeated value). Empty batches,
+  negative or unknown dimensions and bytes that are not the RPC's protobuf are INVALID_ARGUMENT.
+  No request can stop the server.
+- Model names, versions and labels from requests are looked up in tables, never joined into
+  paths: the file system is read only under each model's configured base path.
+"""
+import functools
+import logging
+import signal
+import threading
+from concurrent import futures
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import grpc
+import numpy as np
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+from serving import payloads
+from serving.versions import LoadedVersion, ModelManager, ServingStatusError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"  # TF Serving's default when a request names none
+SIGNATURE_DEF_FIELD = "signature_def"  # the one metadata field TF Serving knows
+DEFAULT_WORKERS = 8
+DEFAULT_GRACE_S = 5.0
+_TF_CODE_TO_GRPC = {code.value[0]: code for code in grpc.StatusCode}
+
+
+# --- checks and calls, independent of the transport -------------------------------------------
+
+
+def find_signature(loaded: LoadedVersion, signature_name: str):
+    """The SignatureDef a request names, or TF Serving's FAILED_PRECONDITION."""
+    name = signature_name or DEFAULT_SIGNATURE
+    if name not in loaded.functions:
+        raise ServingStatusError(grpc.StatusCode.FAILED_PRECONDITION,
+                                 f'Serving signature key "{name}" not found.')
+    return name, loaded.signature_defs[name]
+
+
+def _shape_text(dims: Sequence[int]) -> str:
+    return "[" + ", ".join("?" if d < 0 else str(d) for d in dims) + "]"
+
+
+def check_inputs(signature_name: str, signature_def,
+                 given: Mapping[str, Tuple[int, Optional[List[int]]]]) -> None:
+    """Checks input names, dtypes (``types_pb2`` enums) and shapes against the SignatureDef.
+
+    ``given`` maps each input alias to ``(dtype enum, dims)``; ``dims`` None skips the shape
+    (REST inputs, converted to the signature's dtype and checked after).
+    """
+    import tensorflow as tf
+
+    expected = signature_def.inputs
+    if set(given) != set(expected):
+        raise ServingStatusError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"signature {signature_name!r} takes input(s) {sorted(expected)}, the request has "
+            f"{sorted(given)}. Sent extra: {sorted(set(given) - set(expected))}. "
+            f"Missing but required: {sorted(set(expected) - set(given))}.")
+    for alias, (dtype, dims) in given.items():
+        info = expected[alias]
+        if dtype != info.dtype:
+            raise ServingStatusError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {alias!r} of signature {signature_name!r} must be "
+                f"{tf.dtypes.as_dtype(info.dtype).name}, got {_dtype_name(dtype)}")
+        if dims is None or info.tensor_shape.unknown_rank:
+            continue
+        if 0 in dims or any(d < 0 for d in dims):
+            raise ServingStatusError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {alias!r} of signature {signature_name!r} has shape {list(dims)}: "
+                "an empty batch, or a negative dimension")
+        wanted = [d.size for d in info.tensor_shape.dim]
+        if len(dims) != len(wanted) or any(w >= 0 and w != d for w, d in zip(wanted, dims)):
+            raise ServingStatusError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input {alias!r} of signature {signature_name!r} has shape {_shape_text(dims)}, "
+                f"expected {_shape_text(wanted)}")
+
+
+def check_decoded_size(alias: str, proto, max_bytes: int) -> None:
+    """Refuses a TensorProto whose decoded value would exceed ``max_bytes``.
+
+    gRPC's message limit bounds what arrives, not what it decodes to: TensorFlow fills a whole
+    tensor from a single repeated value, so ``[3000, 256, 256]`` with one ``int64_val`` is a
+    50-byte request for 1.5 GB and minutes of inference.
+    """
+    import tensorflow as tf
+    if proto.tensor_shape.unknown_rank:
+        raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"input {alias!r}: a tensor's shape must be fully defined")
+    elements = 1
+    for dim in proto.tensor_shape.dim:
+        elements *= dim.size
+    try:
+        itemsize = tf.dtypes.as_dtype(proto.dtype).size
+    except TypeError:
+        itemsize = 1
+    if elements * max(itemsize, 1) > max_bytes:
+        raise ServingStatusError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"input {alias!r} of shape {_shape_text([d.size for d in proto.tensor_shape.dim])} "
+            f"would take {elements * max(itemsize, 1)} bytes once decoded, more than the "
+            f"server's limit of {max_bytes}")
+
+
+def _dtype_name(dtype_enum: int) -> str:
+    import tensorflow as tf
+    try:
+        return tf.dtypes.as_dtype(dtype_enum).name
+    except TypeError:
+        return f"dtype enum {dtype_enum}"
+
+
+def run_signature(loaded: LoadedVersion, signature_name: str, signature_def,
+                  inputs: Mapping[str, np.ndarray],
+                  output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
+    """Calls the signature on checked inputs; returns the outputs ``output_filter`` keeps."""
+    import tensorflow as tf
+
+    unknown = [alias for alias in output_filter if alias not in signature_def.outputs]
+    if unknown:
+        raise ServingStatusError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"output tensor alias not found in signature: {unknown[0]} Outputs expected to be in "
+            f"the set {sorted(signature_def.outputs)}.")
+    function = loaded.functions[signature_name]
+    outputs = function(**{alias: tf.constant(value) for alias, value in inputs.items()})
+    keep = list(output_filter) or list(outputs)
+    return {alias: outputs[alias].numpy() for alias in keep}
+
+
+def op_error_summary(message: str) -> str:
+    """The line of a TensorFlow error that says what was wrong.
+
+    Graph errors read "Graph execution error: / Detected at node ... / <stack> / <the cause> /
+    [[{{node ...}}]]"; the cause is the line before the node marker.
+    """
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        if line.startswith("[[") and index > 0:
+            return lines[index - 1]
+    return lines[-1] if lines else message
+
+
+def status_of_exception(exc: Exception) -> Tuple[grpc.StatusCode, str]:
+    """The gRPC status a failed request answers with; unexpected errors are logged."""
+    import tensorflow as tf
+    if isinstance(exc, ServingStatusError):
+        return exc.code, exc.message
+    if isinstance(exc, tf.errors.OpError):  # e.g. a serialized example that does not parse
+        return (_TF_CODE_TO_GRPC.get(exc.error_code, grpc.StatusCode.INTERNAL),
+                op_error_summary(exc.message or type(exc).__name__))
+    log.exception("request failed")
+    return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+
+
+# --- gRPC servicers ----------------------------------------------------------------------------
+
+
+def _answers_with_status(method):
+    """Turns any exception of an RPC into its gRPC status, so no request can end the server."""
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # noqa: BLE001  (every failure becomes a status)
+            code, message = status_of_exception(exc)
+        context.abort(code, message)
+    return wrapper
+
+
+class _Models:
+    """Model name -> manager; names are looked up, never used as paths."""
+
+    def __init__(self, managers: Sequence[ModelManager]):
+        self.by_name = {manager.model_name: manager for manager in managers}
+
+    def get(self, model_spec) -> ModelManager:
+        manager = self.by_name.get(model_spec.name)
+        if manager is None:
+            raise ServingStatusError(grpc.StatusCode.NOT_FOUND,
+                                     f"Servable not found for request: Latest({model_spec.name})")
+        return manager
+
+
+def _requested_version(model_spec) -> Tuple[Optional[int], Optional[str]]:
+    which = model_spec.WhichOneof("version_choice")
+    if which == "version":
+        return model_spec.version.value, None
+    if which == "version_label":
+        return None, model_spec.version_label
+    return None, None
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """``Predict`` and ``GetModelMetadata`` as TF Serving answers them."""
+
+    def __init__(self, models: _Models,
+                 max_tensor_bytes: int = payloads.DEFAULT_MAX_MESSAGE_BYTES):
+        self._models = models
+        self._max_tensor_bytes = max_tensor_bytes
+
+    @_answers_with_status
+    def Predict(self, request, context):
+        import tensorflow as tf
+
+        manager = self._models.get(request.model_spec)
+        with manager.acquire(*_requested_version(request.model_spec)) as loaded:
+            name, signature_def = find_signature(loaded, request.model_spec.signature_name)
+            check_inputs(name, signature_def, {
+                alias: (proto.dtype, [d.size for d in proto.tensor_shape.dim])
+                for alias, proto in request.inputs.items()})
+            inputs = {}
+            for alias, proto in request.inputs.items():
+                check_decoded_size(alias, proto, self._max_tensor_bytes)
+                try:
+                    inputs[alias] = tf.make_ndarray(proto)
+                except Exception as exc:  # content that does not fit the declared shape, ...
+                    raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                             f"tensor parsing error: {alias}: {exc}") from exc
+            outputs = run_signature(loaded, name, signature_def, inputs,
+                                    list(request.output_filter))
+            response = predict_pb2.PredictResponse()
+            _fill_model_spec(response.model_spec, manager.model_name, loaded.version, name)
+            for alias, value in outputs.items():
+                response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
+            return response
+
+    @_answers_with_status
+    def GetModelMetadata(self, request, context):
+        fields = list(request.metadata_field)
+        if not fields:
+            raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                     "GetModelMetadataRequest must specify at least one "
+                                     "metadata_field")
+        unsupported = [field for field in fields if field != SIGNATURE_DEF_FIELD]
+        if unsupported:
+            raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                     f"Metadata field {unsupported[0]} is not supported")
+        manager = self._models.get(request.model_spec)
+        with manager.acquire(*_requested_version(request.model_spec)) as loaded:
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            for name, signature_def in loaded.signature_defs.items():
+                signature_map.signature_def[name].CopyFrom(signature_def)
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            _fill_model_spec(response.model_spec, manager.model_name, loaded.version)
+            response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
+            return response
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """``GetModelStatus``; ``HandleReloadConfigRequest`` stays UNIMPLEMENTED."""
+
+    def __init__(self, models: _Models):
+        self._models = models
+
+    @_answers_with_status
+    def GetModelStatus(self, request, context):
+        manager = self._models.get(request.model_spec)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        states = get_model_status_pb2.ModelVersionStatus.State
+        for status in manager.statuses(*_requested_version(request.model_spec)):
+            entry = response.model_version_status.add(version=status.version,
+                                                      state=states.Value(status.state))
+            if status.error:
+                entry.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
+                entry.status.error_message = status.error
+        return response
+
+
+def _fill_model_spec(model_spec, name: str, version: int, signature_name: str = "") -> None:
+    model_spec.name = name
+    model_spec.version.value = version
+    if signature_name:
+        model_spec.signature_name = signature_name
+
+
+# --- the server --------------------------------------------------------------------------------
+
+
+class LocalModelServer:
+    """gRPC server over one or more :class:`ModelManager` s; a context manager.
+
+    ``port=0`` picks a free port (see :attr:`port` after :meth:`start`). ``rest_port`` adds TF
+    Serving's REST API (:mod:`serving.rest_gateway`; 0 picks a port, None: no REST).
+    """
+
+    def __init__(self, managers: Sequence[ModelManager], port: int = 0, host: str = "0.0.0.0",
+                 max_workers: int = DEFAULT_WORKERS,
+                 max_message_bytes: int = payloads.DEFAULT_MAX_MESSAGE_BYTES,
+                 server_credentials: Optional[grpc.ServerCredentials] = None,
+                 rest_port: Optional[int] = None):
+        self.managers = list(managers)
+        self.host = host
+        self.requested_port = port
+        self.requested_rest_port = rest_port
+        self.rest_port: Optional[int] = None
+        self._rest = None
+        self.max_workers = max_workers
+        self.max_message_bytes = max_message_bytes
+        self.server_credentials = server_credentials
+        self.port: Optional[int] = None
+        self._server: Optional[grpc.Server] = None
+
+    @property
+    def target(self) -> str:
+        return f"{self._client_host}:{self.port}"
+
+    @property
+    def rest_target(self) -> str:
+        return f"{self._client_host}:{self.rest_port}"
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "[::]") else self.host
+
+    def start(self) -> "LocalModelServer":
+        for manager in self.managers:
+            manager.start()
+        models = _Models(self.managers)
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.max_workers,
+                                       thread_name_prefix="predict"),
+            options=[("grpc.max_receive_message_length", self.max_message_bytes),
+                     ("grpc.max_send_message_length", self.max_message_bytes),
+                     ("grpc.so_reuseport", 0)])  # a taken port is an error, not shared
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(models), server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
+        address = f"{self.host}:{self.requested_port}"
+        if self.server_credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, self.server_credentials)
+        if not self.port:
+            raise OSError(f"cannot listen on {address}")
+        server.start()
+        self._server = server
+        log.info("serving %s over gRPC on %s:%d", ", ".join(
+            f"{m.model_name} ({m.base_path}, versions: {m.policy.describe()})"
+            for m in self.managers), self.host, self.port)
+        if self.requested_rest_port is not None:
+            from serving import rest_gateway
+            self._rest = rest_gateway.RestGateway(models, self.host, self.requested_rest_port,
+                                                  self.max_message_bytes)
+            self._rest.start()
+            self.rest_port = self._rest.port
+            log.info("REST API on %s:%d", self.host, self.rest_port)
+        return self
+
+    def stop(self, grace_s: float = DEFAULT_GRACE_S) -> None:
+        """Stops taking requests, lets those in flight finish for up to ``grace_s``."""
+        if self._rest is not None:
+            self._rest.stop()
+            self._rest = None
+        if self._server is not None:
+            self._server.stop(grace_s).wait()
+            self._server = None
+        for manager in self.managers:
+            manager.stop()
+            manager.unload_all()
+        log.info("server stopped")
+
+    def __enter__(self) -> "LocalModelServer":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def serve_until_terminated(server: LocalModelServer, grace_s: float = DEFAULT_GRACE_S) -> None:
+    """Runs a started server until SIGTERM or SIGINT, then shuts it down gracefully."""
+    stop = threading.Event()
+
+    def request_stop(signum, _frame):
+        log.info("received %s, shutting down (grace %.0f s)", signal.Signals(signum).name,
+                 grace_s)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(1.0):  # a timed wait lets the signal handler run promptly
+            pass
+    finally:
+        server.stop(grace_s)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
