@@ -1,2 +1,3 @@
-"""Compiling the pipeline for Kubeflow Pipelines."""
+"""Kubeflow Pipelines: compiling the pipeline (runner.py, beam_settings.py), starting runs
+(submit.py) and the ``lvseg kubeflow`` command (cli.py)."""
 from trainer import tf_env  # noqa: F401  (must run before TensorFlow is imported)

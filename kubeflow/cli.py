@@ -1,0 +1,210 @@
+"""``lvseg kubeflow``: compile the pipeline for Kubeflow Pipelines, and start runs of it.
+
+    lvseg kubeflow compile --image IMAGE --pipeline-root URI --data-root URI --serving-dir URI
+                           [--output FILE] [training, gate, Beam and Trainer resource options]
+    lvseg kubeflow submit --host URL --package FILE [--train-steps N --model M --min-dice D]
+
+``register(subparsers)`` adds the ``kubeflow`` command to the ``lvseg`` parser.
+"""
+import argparse
+import sys
+
+from pipeline import configs
+
+EXIT_SUBMIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+DEFAULT_OUTPUT = f"{configs.PIPELINE_NAME}.json"
+
+
+def register(subparsers) -> None:
+    kubeflow = subparsers.add_parser(
+        "kubeflow", help="compile the pipeline for Kubeflow Pipelines, or start a run of it")
+    commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True)
+    _add_compile_command(commands)
+    _add_submit_command(commands)
+
+
+def _add_compile_command(commands) -> None:
+    from kubeflow import beam_settings, runner
+    from trainer import nets, preprocessing
+
+    defaults = configs.DEFAULT_TRAINING
+    compile_ = commands.add_parser(
+        "compile", help="compile to a pipeline spec (no cloud access needed)",
+        description="Compiles the pipeline for Kubeflow Pipelines 2 (TFX KubeflowV2DagRunner). "
+                    "Nothing is read or uploaded: URIs may be gs:// on a machine without network.")
+    compile_.add_argument("--image", required=True,
+                          help="the pipeline image (see Dockerfile), e.g. REGISTRY/lvseg:TAG")
+    compile_.add_argument("--pipeline-root", required=True,
+                          help="where every component writes its artifacts, e.g. gs://B/root")
+    compile_.add_argument("--data-root", required=True, help="folder of lab-schema TFRecords")
+    compile_.add_argument("--serving-dir", required=True,
+                          help=f"serving root: versions are pushed to "
+                               f"<serving-dir>/{configs.MODEL_NAME}/<version>/")
+    compile_.add_argument("--output", default=DEFAULT_OUTPUT,
+                          help="the compiled file: .json (PipelineJob, as Vertex AI takes it) or "
+                               f".yaml (PipelineSpec, as the Kubeflow UI takes it); "
+                               f"default {DEFAULT_OUTPUT}")
+    compile_.add_argument("--pipeline-name", default=configs.PIPELINE_NAME)
+    compile_.add_argument("--hash-split", action="store_true",
+                          help="read every file under the data root and hash-split it 9:1, "
+                               "instead of its train/ and eval/ folders")
+    schema = compile_.add_mutually_exclusive_group()
+    schema.add_argument("--schema", default=runner.IMAGE_SCHEMA_PATH,
+                        help="curated schema, as the tasks see it (default: the one in the image)")
+    schema.add_argument("--infer-schema", action="store_true",
+                        help="infer the schema with SchemaGen instead of importing one")
+
+    params = compile_.add_argument_group(
+        "run-time parameters (defaults written into the spec; a run can override them)")
+    params.add_argument("--train-steps", type=int, default=configs.DEFAULT_TRAIN_STEPS)
+    params.add_argument("--model", choices=nets.MODEL_NAMES, default=defaults.model)
+    params.add_argument("--epochs", type=int, default=defaults.epochs)
+    params.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    params.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    params.add_argument("--seed", type=int, default=defaults.seed)
+    params.add_argument("--min-dice", type=float, default=configs.MIN_DICE,
+                        help="push only if eval Dice is at least this")
+    params.add_argument("--max-dice-drop", type=float, default=configs.MAX_DICE_DROP,
+                        help="push only if eval Dice is at most this below the blessed model's")
+    compile_.add_argument("--normalization", choices=preprocessing.NORMALIZATIONS,
+                          default=configs.DEFAULT_NORMALIZATION)
+    compile_.add_argument("--no-baseline", action="store_true",
+                          help="no latest-blessed-model Resolver (open-source Kubeflow "
+                               "Pipelines cannot run it); the gate is then --min-dice alone")
+    compile_.add_argument("--no-cache", action="store_true", help="disable Kubeflow's task cache")
+
+    beam = compile_.add_argument_group("Beam (ExampleGen, StatisticsGen, Transform, Evaluator)")
+    beam.add_argument("--beam-runner", choices=beam_settings.BEAM_RUNNERS,
+                      default=beam_settings.DIRECT)
+    beam.add_argument("--direct-workers", type=int, default=1,
+                      help="DirectRunner: 1 runs in memory, more in that many processes")
+    beam.add_argument("--project", help="Dataflow: GCP project")
+    beam.add_argument("--region", help="Dataflow: region")
+    beam.add_argument("--temp-location", help="Dataflow: gs:// folder for temporary files")
+    beam.add_argument("--job-endpoint", help="portable: Flink or Spark job server, host:port")
+    beam.add_argument("--environment-type", choices=beam_settings.ENVIRONMENT_TYPES,
+                      default=beam_settings.EXTERNAL,
+                      help="portable: EXTERNAL (a worker pool beside each task manager) or "
+                           "DOCKER (the runner starts the image)")
+    beam.add_argument("--environment-config",
+                      help=f"portable: worker pool address (default "
+                           f"{beam_settings.DEFAULT_WORKER_POOL}) or image (default --image)")
+    beam.add_argument("--beam-arg", action="append", dest="beam_args", default=[],
+                      metavar="ARG", help="any other Beam option, repeatable")
+
+    resources = compile_.add_argument_group("Trainer resources (default: the cluster's)")
+    resources.add_argument("--trainer-cpus", type=float)
+    resources.add_argument("--trainer-memory-gb", type=float)
+    resources.add_argument("--trainer-gpus", type=int, default=0)
+    resources.add_argument("--gpu-type", default=runner.DEFAULT_GPU_TYPE,
+                           help=f"default {runner.DEFAULT_GPU_TYPE} (Kubeflow); on Vertex AI a "
+                                "model such as NVIDIA_TESLA_T4")
+    compile_.set_defaults(handler=_compile)
+
+
+def _add_submit_command(commands) -> None:
+    from trainer import nets
+
+    submit = commands.add_parser("submit", help="upload a compiled pipeline and start a run")
+    submit.add_argument("--host", required=True,
+                        help="Kubeflow Pipelines API, e.g. http://localhost:8080 after "
+                             "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`")
+    submit.add_argument("--package", default=DEFAULT_OUTPUT, help="the compiled file")
+    submit.add_argument("--run-name")
+    submit.add_argument("--experiment", default=configs.PIPELINE_NAME)
+    submit.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
+    submit.add_argument("--train-steps", type=int, help="override the compiled default")
+    submit.add_argument("--model", choices=nets.MODEL_NAMES, help="override the compiled default")
+    submit.add_argument("--min-dice", type=float, help="override the compiled default")
+    submit.add_argument("--param", action="append", default=[], metavar="NAME=JSON",
+                        help="set a run-time parameter to a whole JSON value, repeatable")
+    submit.add_argument("--no-cache", action="store_true", help="recompute every task")
+    submit.set_defaults(handler=_submit)
+
+
+def _compile(args) -> int:
+    from kubeflow import beam_settings, runner
+
+    run = runner.KubeflowCompile(
+        image=args.image,
+        pipeline_root=args.pipeline_root,
+        data_root=args.data_root,
+        serving_root=args.serving_dir,
+        pipeline_name=args.pipeline_name,
+        split_by_folders=not args.hash_split,
+        schema_path=None if args.infer_schema else args.schema,
+        train_steps=args.train_steps,
+        training=dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                      learning_rate=args.learning_rate, seed=args.seed),
+        normalization=args.normalization,
+        min_dice=args.min_dice,
+        max_dice_drop=args.max_dice_drop,
+        beam=beam_settings.BeamSettings(
+            runner=args.beam_runner, direct_workers=args.direct_workers, project=args.project,
+            region=args.region, temp_location=args.temp_location,
+            job_endpoint=args.job_endpoint, environment_type=args.environment_type,
+            environment_config=args.environment_config, extra_args=args.beam_args),
+        trainer_resources=runner.TrainerResources(
+            cpus=args.trainer_cpus, memory_gb=args.trainer_memory_gb, gpus=args.trainer_gpus,
+            gpu_type=args.gpu_type),
+        compare_with_blessed_model=not args.no_baseline,
+        enable_cache=not args.no_cache)
+    job = runner.compile_pipeline(run, args.output)
+    print(f"compiled {runner.count_tasks(job)} tasks -> {args.output}\n"
+          f"  image          {run.image}\n"
+          f"  pipeline root  {run.pipeline_root}\n"
+          f"  pushes to      {run.serving_model_dir}/<version>/\n"
+          f"  parameters     " + ", ".join(
+              sorted(job["pipelineSpec"]["root"]["inputDefinitions"]["parameters"])))
+    return 0
+
+
+def _submit(args) -> int:
+    from kubeflow import submit
+
+    try:
+        spec = submit.load_pipeline_spec(args.package)
+        arguments = submit.parameter_overrides(
+            submit.parameter_defaults(spec), train_steps=args.train_steps, model=args.model,
+            min_dice=args.min_dice)
+        arguments.update(_parse_params(args.param))
+        run_id = submit.submit(
+            args.host, args.package, arguments=arguments, run_name=args.run_name,
+            experiment_name=args.experiment, namespace=args.namespace,
+            enable_caching=False if args.no_cache else None)
+    except (submit.KubeflowUnreachableError, submit.SubmitError) as exc:
+        print(f"lvseg: error: {exc}", file=sys.stderr)
+        return EXIT_SUBMIT_FAILED
+    print(f"started run {run_id} of {args.package} on {args.host}")
+    return 0
+
+
+def _parse_params(pairs) -> dict:
+    params = {}
+    for pair in pairs:
+        name, separator, value = pair.partition("=")
+        if not separator or not name:
+            raise ValueError(f"--param takes NAME=JSON, got {pair!r}")
+        params[name] = value
+    return params
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A parser with just this command, for tests and ``python -m kubeflow.cli``."""
+    parser = argparse.ArgumentParser(prog="lvseg")
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"lvseg: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
