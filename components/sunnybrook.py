@@ -44,6 +44,8 @@ import numpy as np
 
 from trainer import records
 
+DEFAULT_EVAL_FRACTION = 0.25  # share of patients in the eval split (at least one patient)
+DEFAULT_SEED = 42
 CONTOUR_GLOB = "*-icontour-manual.txt"
 SUMMARY_FILE = "ingest_summary.json"
 _CONTOUR_NAME = re.compile(r"^IM-(\d+)-(\d+)-icontour-manual\.txt$")
@@ -299,7 +301,7 @@ def split_and_write(slices: List[records.Slice], split_folder: Callable[[str], s
     """Writes one TFRecord file per split into ``split_folder(split)``, split by patient;
     returns per-split patients, slice counts and files. Local paths or bucket URIs."""
     import tensorflow as tf
-    from components import patient_split
+    from trainer import patient_split
     train_ids, eval_ids = patient_split.split_patients(
         [item.patient_id for item in slices], eval_fraction, seed)
     splits = {}

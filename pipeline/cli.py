@@ -3,6 +3,8 @@
     lvseg data synth --out DIR [--patients N --slices N --seed S]    write the generated data
     lvseg data check DIR                                   check records against the lab schema
     lvseg run [--data-root DIR --output-root DIR --runner beam|local ...]    run the pipeline
+    lvseg serve / predict / models-config     serving (see serving/cli.py)
+    lvseg kubeflow compile / submit           Kubeflow Pipelines (see kubeflow/cli.py)
 """
 import argparse
 import logging
@@ -11,6 +13,8 @@ import sys
 import time
 
 from pipeline import configs
+from kubeflow import cli as kubeflow_cli
+from serving import cli as serving_cli
 
 EXIT_BAD_INPUT = 2
 EXIT_PIPELINE_FAILED = 1
@@ -39,14 +43,20 @@ def _add_data_commands(subparsers) -> None:
     scd.add_argument("--link", help="CSV with patient_id,original_id when DICOM and contour "
                                     "folders are named differently")
     scd.add_argument("--out", required=True, help="output folder (train/ and eval/ records)")
-    scd.add_argument("--eval-fraction", type=float, default=0.25,
-                     help="share of patients in the eval split (at least one patient)")
-    scd.add_argument("--seed", type=int, default=42)
+    _add_patient_split_options(scd)
     scd.set_defaults(handler=_data_sunnybrook)
 
     check = data_commands.add_parser("check", help="check every record against the lab schema")
     check.add_argument("data_root", nargs="?", default=configs.DEFAULT_DATA_ROOT)
     check.set_defaults(handler=_data_check)
+
+
+def _add_patient_split_options(parser) -> None:
+    from components import sunnybrook
+    parser.add_argument("--eval-fraction", type=float, default=sunnybrook.DEFAULT_EVAL_FRACTION,
+                        help="share of patients in the eval split (at least one patient)")
+    parser.add_argument("--split-seed", type=int, default=sunnybrook.DEFAULT_SEED,
+                        help="seed of the split by patient")
 
 
 def _add_run_command(subparsers) -> None:
@@ -58,6 +68,12 @@ def _add_run_command(subparsers) -> None:
     run.add_argument("--data-root", default=configs.DEFAULT_DATA_ROOT,
                      help="folder of TFRecords; with train/ and eval/ subfolders they are the "
                           "splits, otherwise all files are hash-split 9:1")
+    run.add_argument("--dicom-root", help="read Sunnybrook-style DICOMs instead of --data-root "
+                                          "(with --contour-root, see `lvseg data sunnybrook`)")
+    run.add_argument("--contour-root", help="folder of the expert contours of --dicom-root")
+    run.add_argument("--link", help="CSV patient_id,original_id mapping contour folders to "
+                                    "DICOM folders")
+    _add_patient_split_options(run)
     run.add_argument("--output-root", default=configs.DEFAULT_OUTPUT_ROOT,
                      help="pipeline root, ML Metadata and pushed models go under it")
     run.add_argument("--runner", choices=local_runner.RUNNERS, default=local_runner.DEFAULT_RUNNER)
@@ -67,6 +83,9 @@ def _add_run_command(subparsers) -> None:
     run.add_argument("--batch-size", type=int, default=defaults.batch_size)
     run.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument("--synthetic-mix", type=float, default=None, metavar="SHARE",
+                     help="share of training examples drawn from generated slices (default "
+                          f"{configs.DICOM_SYNTHETIC_MIX} with --dicom-root, else 0)")
     run.add_argument("--normalization", choices=preprocessing.NORMALIZATIONS,
                      default=configs.DEFAULT_NORMALIZATION)
     run.add_argument("--min-dice", type=float, default=configs.MIN_DICE,
@@ -81,6 +100,11 @@ def _add_run_command(subparsers) -> None:
     run.add_argument("--beam-arg", action="append", dest="beam_args", metavar="ARG",
                      help="a Beam pipeline option for the data components, repeatable "
                           f"(default: {' '.join(configs.DEFAULT_BEAM_ARGS)})")
+    run.add_argument("--infra-validator", choices=("serving-check", "docker"),
+                     default="serving-check",
+                     help="how the candidate is checked to serve before a push: the local "
+                          "stand-in server (default), or TFX's InfraValidator with the official "
+                          "tensorflow/serving image in Docker (needs a Docker engine)")
     run.add_argument("--no-cache", action="store_true", help="recompute every component")
     run.add_argument("--skip-data-check", action="store_true",
                      help="do not read every record before starting (for large data sets)")
@@ -88,7 +112,7 @@ def _add_run_command(subparsers) -> None:
 
 
 def _data_synth(args) -> int:
-    from pipeline import synthetic_data
+    from trainer import synthetic_data
     manifest = synthetic_data.synthesize_dataset(
         args.out, num_patients=args.patients, slices_per_patient=args.slices,
         eval_fraction=args.eval_fraction, seed=args.seed)
@@ -102,7 +126,7 @@ def _data_synth(args) -> int:
 def _data_sunnybrook(args) -> int:
     from components import sunnybrook
     summary = sunnybrook.ingest(args.dicom_root, args.contour_root, args.link, args.out,
-                                eval_fraction=args.eval_fraction, seed=args.seed)
+                                eval_fraction=args.eval_fraction, seed=args.split_seed)
     print(f"wrote {args.out}: {summary['slices']} labelled slices from "
           f"{summary['contour_dicom_pairs']} contours ({summary['unlabelled_dicoms']} DICOMs "
           "without contour)")
@@ -138,21 +162,25 @@ def _run(args) -> int:
         schema_path=None if args.infer_schema else args.schema,
         train_steps=args.train_steps,
         training=dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                      learning_rate=args.learning_rate, seed=args.seed),
+                      learning_rate=args.learning_rate, seed=args.seed,
+                      synthetic_mix=_synthetic_mix(args)),
         normalization=args.normalization,
         min_dice=args.min_dice,
         max_dice_drop=args.max_dice_drop,
         beam_args=args.beam_args or configs.DEFAULT_BEAM_ARGS,
-        enable_cache=not args.no_cache)
+        enable_cache=not args.no_cache,
+        dicom_root=args.dicom_root, contour_root=args.contour_root, link_path=args.link,
+        eval_fraction=args.eval_fraction, split_seed=args.split_seed,
+        docker_infra_validation=args.infra_validator == "docker")
     input_checks.check_writable(run.output_root)
-    if not args.skip_data_check:
+    if not args.skip_data_check and not run.dicom_root:
         counts = input_checks.check_data_root(run.data_root, run.split_patterns())
         print(f"input {run.data_root}: " + ", ".join(f"{s} {n} records" for s, n in counts.items()),
               flush=True)
     pipeline = local_runner.build_pipeline(run)  # configuration errors surface before the run
-
-    print(f"running {pipeline.pipeline_info.pipeline_name} with the {run.runner} runner; "
-          f"outputs under {run.pipeline_root}", flush=True)
+    source = f"DICOMs in {run.dicom_root}" if run.dicom_root else run.data_root
+    print(f"running {pipeline.pipeline_info.pipeline_name} on {source} with the {run.runner} "
+          f"runner; outputs under {run.pipeline_root}", flush=True)
     started = time.time()
     try:
         local_runner.run_pipeline(run)
@@ -164,6 +192,13 @@ def _run(args) -> int:
                                            run.pipeline_name)
     _print_summary(summary, run, time.time() - started)
     return 0
+
+
+def _synthetic_mix(args) -> float:
+    """Real DICOM data sets are small: by default, half of each batch is generated anatomy."""
+    if args.synthetic_mix is not None:
+        return args.synthetic_mix
+    return configs.DICOM_SYNTHETIC_MIX if args.dicom_root else 0.0
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -202,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(subparsers)
     _add_run_command(subparsers)
+    serving_cli.register(subparsers)
+    kubeflow_cli.register(subparsers)
     return parser
 
 

@@ -24,6 +24,9 @@ HASH_SPLIT_BUCKETS: Dict[str, int] = {"train": 9, "eval": 1}
 CURATED_SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema",
                                    "schema.pbtxt")
 
+# The Resolver giving the Evaluator its baseline: the latest blessed model.
+BASELINE_RESOLVER_ID = "latest_blessed_model_resolver"
+
 # Functions the components load by dotted path from the installed package (no module_file, so
 # the same definition compiles for Kubeflow without building wheels).
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"
@@ -35,11 +38,21 @@ DICE_METRIC_CLASS = "DiceCoefficient"
 DEFAULT_TRAIN_STEPS = 300
 DEFAULT_TRAINING = trainer_model.TrainingConfig()
 DEFAULT_NORMALIZATION = preprocessing.DEFAULT_NORMALIZATION
+# Share of generated slices in training batches when the data are real DICOMs (a few patients):
+# measured on the Sunnybrook subset, see the README's "Real data" section.
+DICOM_SYNTHETIC_MIX = 0.5
 
 # The gate: a model is pushed only if its eval Dice is at least MIN_DICE and at most
 # MAX_DICE_DROP below the Dice of the latest blessed model (0 = no regression allowed).
 MIN_DICE = 0.85
 MAX_DICE_DROP = 0.0
+
+# Kubeflow pipeline parameters (TFX RuntimeParameters), each a whole proto or dict as JSON,
+# since TFX 1.16 takes a RuntimeParameter for nothing smaller: training steps (TrainArgs),
+# the Dice gate (TFMA EvalConfig) and the model choice with the other TrainingConfig fields.
+TRAIN_ARGS_PARAMETER = "train_args"
+EVAL_CONFIG_PARAMETER = "eval_config"
+TRAINING_CONFIG_PARAMETER = "training_config"
 
 # Beam settings of the data components. In-memory DirectRunner is quickest for the lab-sized set;
 # see the README for multi-processing, Flink, Spark and Dataflow.

@@ -22,7 +22,7 @@ class StepProgress(logging.Handler):
 
     def __init__(self, stream: Optional[TextIO] = None):
         super().__init__(level=logging.INFO)
-        self._stream = stream or sys.stdout
+        self._stream = stream  # None: whatever sys.stdout is at the time of each line
         self._started: Dict[str, float] = {}
         self._cached = set()
 
@@ -47,8 +47,9 @@ class StepProgress(logging.Handler):
             self._print(f"{node:<32} done in {seconds:.0f} s{cached}")
 
     def _print(self, text: str) -> None:
-        self._stream.write(f"{time.strftime('%H:%M:%S')}  {text}\n")
-        self._stream.flush()
+        stream = self._stream or sys.stdout
+        stream.write(f"{time.strftime('%H:%M:%S')}  {text}\n")
+        stream.flush()
 
 
 def show_step_progress() -> None:

@@ -6,7 +6,7 @@ import tensorflow_model_analysis as tfma
 
 from components.atomic_pusher import AtomicPusherExecutor
 from pipeline import configs, eval_config
-from pipeline.pipeline import create_pipeline
+from pipeline.pipeline import DicomSource, create_pipeline
 from trainer import dice
 
 
@@ -24,7 +24,8 @@ def _components(pipeline):
 def test_every_stage_is_present():
     assert sorted(c.id for c in _pipeline().components) == sorted([
         "ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
-        "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "AtomicPusher"])
+        "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "ServingCheck",
+        "AtomicPusher"])
 
 
 def test_schema_gen_is_used_when_no_schema_is_given():
@@ -50,6 +51,8 @@ def test_evaluator_blessing_gates_the_atomic_pusher():
     pusher = components["AtomicPusher"]
     assert pusher.inputs["model_blessing"].producer_component_id == "Evaluator"
     assert pusher.inputs["model"].producer_component_id == "Trainer"
+    assert pusher.inputs["infra_blessing"].producer_component_id == "ServingCheck"
+    assert components["ServingCheck"].inputs["model"].producer_component_id == "Trainer"
     assert pusher.executor_spec.executor_class is AtomicPusherExecutor
     destination = json.loads(pusher.exec_properties["push_destination"])
     assert destination["filesystem"]["base_directory"] == "/serving/m"
@@ -83,3 +86,24 @@ def test_gate_thresholds_on_dice():
 def test_negative_allowed_drop_is_rejected():
     with pytest.raises(ValueError, match="max_dice_drop"):
         eval_config.build_eval_config(max_dice_drop=-0.1)
+
+
+def test_dicom_source_replaces_the_tfrecord_input():
+    source = DicomSource(dicom_root="/dicoms", contour_root="/contours", link_path="/link.csv",
+                         input_fingerprint="abc")
+    components = _components(_pipeline(data_root=None, dicom_source=source))
+    assert "ImportExampleGen" not in components
+    example_gen = components["SunnybrookExampleGen"]
+    assert example_gen.exec_properties["dicom_root"] == "/dicoms"
+    assert example_gen.exec_properties["input_fingerprint"] == "abc"
+    assert components["Transform"].inputs["examples"].producer_component_id == \
+        "SunnybrookExampleGen"
+    with pytest.raises(ValueError, match="either data_root"):
+        _pipeline(dicom_source=source)  # and data_root
+
+
+def test_infra_validator_with_docker_is_the_option_for_the_real_server():
+    components = _components(_pipeline(docker_infra_validation=True))
+    assert "ServingCheck" not in components and "InfraValidator" in components
+    assert components["AtomicPusher"].inputs["infra_blessing"].producer_component_id == \
+        "InfraValidator"

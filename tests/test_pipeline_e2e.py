@@ -4,6 +4,7 @@ Few-step training is only repeatable because the Trainer seeds weights and shuff
 TensorFlow's op determinism (trainer.model.run_fn); the gate tests rely on that, and on thresholds
 no model can meet, never on luck.
 """
+import json
 import os
 
 import numpy as np
@@ -156,3 +157,43 @@ def test_schema_anomalies_stop_the_run_before_transform(copy_tiny_data, tmp_path
     pipeline_root = local_runner.LocalRun(output_root=output_root).pipeline_root
     assert os.path.isdir(os.path.join(pipeline_root, "ExampleValidator"))
     assert not os.path.exists(os.path.join(pipeline_root, "Transform"))
+
+
+def test_dicom_folders_train_gate_and_push(tmp_path, capsys):
+    """`lvseg run --dicom-root --contour-root`: SunnybrookExampleGen feeds the same pipeline."""
+    from tests.test_sunnybrook import write_contour, write_dicom
+
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[0:records.IMAGE_SIZE, 0:records.IMAGE_SIZE]
+    for patient in range(3):
+        for instance in (10, 20, 30):
+            centre, radius = rng.uniform(100, 150, size=2), rng.uniform(15, 30)
+            disk = (cols - centre[0]) ** 2 + (rows - centre[1]) ** 2 <= radius ** 2
+            write_dicom(str(tmp_path / "dicoms" / f"P{patient}" / f"{instance}.dcm"),
+                        200 + 600 * disk + rng.integers(0, 50, size=disk.shape), instance)
+            angles = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+            write_contour(str(tmp_path / "contours" / f"P{patient}" /
+                              f"IM-0001-{instance:04d}-icontour-manual.txt"),
+                          np.stack([centre[0] + radius * np.cos(angles),
+                                    centre[1] + radius * np.sin(angles)], axis=1))
+    output_root = str(tmp_path / "out")
+    exit_code = cli.main(["run", "--runner", "local", "--dicom-root", str(tmp_path / "dicoms"),
+                          "--contour-root", str(tmp_path / "contours"), "--eval-fraction", "0.34",
+                          "--output-root", output_root, "--train-steps", "2", "--epochs", "1",
+                          "--min-dice", "0"])
+    out = capsys.readouterr().out
+    assert exit_code == 0, out
+    run = local_runner.LocalRun(output_root=output_root)
+    summary = run_summary.read_run_summary(run.metadata_path, run.pipeline_name)
+    assert summary.blessed and summary.pushed
+    example_gen_dir = os.path.join(run.pipeline_root, "SunnybrookExampleGen", "examples")
+    (execution,) = os.listdir(example_gen_dir)
+    with open(os.path.join(example_gen_dir, execution, "ingest_summary.json")) as f:
+        ingest = json.load(f)
+    assert ingest["slices"] == 9 and ingest["skipped"] == {}
+    assert len(ingest["splits"]["eval"]["patients"]) == 1
+    eval_records = records.list_record_files(os.path.join(example_gen_dir, execution, "Split-eval"))
+    eval_slices = list(records.iter_lab_records(eval_records[0]))
+    assert len(eval_slices) == 3
+    assert {s.patient_id for s in eval_slices} == set(ingest["splits"]["eval"]["patients"])
+    assert all(s.pixel_spacing is not None for s in eval_slices)

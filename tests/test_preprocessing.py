@@ -1,14 +1,19 @@
-"""preprocessing_fn run through tf.Transform (Beam, in process) on a few generated records."""
+"""preprocessing_fn run through tf.Transform (Beam, in process) on a few generated records, and
+the Trainer's generated-slice mix through the saved transform graph."""
+import os
+
+import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
-from tensorflow_transform.tf_metadata import dataset_metadata
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 from tfx.utils import io_utils
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from pipeline import configs, synthetic_data
-from trainer import preprocessing, records
+from pipeline import configs
+from trainer import model, preprocessing, records, synthetic_data
 
 
 def _curated_schema():
@@ -31,13 +36,17 @@ def slices():
     return synthetic_data.generate_patient(0, 3, synthetic_data.patient_rng(1, 0))
 
 
-def _transform(slices, tmp_path, custom_config=None):
-    instances = [{records.HEIGHT_KEY: [records.IMAGE_SIZE], records.WIDTH_KEY: [records.IMAGE_SIZE],
+def _instances(slices):
+    return [{records.HEIGHT_KEY: [records.IMAGE_SIZE], records.WIDTH_KEY: [records.IMAGE_SIZE],
                   records.DEPTH_KEY: [1], records.NAME_KEY: [name.encode()],
                   records.IMAGE_KEY: [image.astype(records.IMAGE_DTYPE).tobytes()],
                   records.LABEL_KEY: [mask.astype(records.LABEL_DTYPE).tobytes()],
                   **{key: [] for key in records.OPTIONAL_FEATURE_KEYS}}
                  for name, image, mask in slices]
+
+
+def _transform(slices, tmp_path, custom_config=None):
+    instances = _instances(slices)
     metadata = dataset_metadata.DatasetMetadata(_curated_schema())
     with tft_beam.Context(temp_dir=str(tmp_path)):
         (transformed, _), _ = ((instances, metadata) | tft_beam.AnalyzeAndTransformDataset(
@@ -76,3 +85,39 @@ def test_normalisation_rejects_unknown_method():
 def test_dark_image_is_not_divided_by_zero():
     dark = tf.zeros([1, records.IMAGE_SIZE, records.IMAGE_SIZE, 1])
     assert float(tf.reduce_max(preprocessing.normalize_image(dark))) == 0.0
+
+
+def test_generated_training_slices_go_through_the_saved_transform_graph(slices, tmp_path):
+    """The Trainer's synthetic mix is normalised by the Transform component's graph itself."""
+    output = str(tmp_path / "transform_output")
+    metadata = dataset_metadata.DatasetMetadata(_curated_schema())
+    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=str(tmp_path / "tmp")):
+        data = pipeline | beam.Create(_instances(slices))
+        transform_fn = (data, metadata) | tft_beam.AnalyzeDataset(preprocessing.preprocessing_fn)
+        _ = transform_fn | tft_beam.WriteTransformFn(output)
+    # the raw schema, as TFX's Transform component writes it beside the graph
+    metadata_io.write_metadata(metadata, os.path.join(output, tft.TFTransformOutput.RAW_METADATA_DIR))
+
+    config = model.TrainingConfig(synthetic_mix=0.5, synthetic_patients=1, seed=3)
+    pairs = list(model.synthetic_examples(config, tft.TFTransformOutput(output)))
+    expected = synthetic_data.generate_slices(1, seed=3)
+    assert len(pairs) == len(expected) == 13
+    for (image, label), item in zip(pairs, expected):
+        assert image.shape == (records.IMAGE_SIZE, records.IMAGE_SIZE, 1)
+        np.testing.assert_array_equal(label.numpy(), item.mask)
+        reference = preprocessing.normalize_image(
+            tf.constant(item.image[None, ..., None], tf.float32))[0]
+        np.testing.assert_allclose(image.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"synthetic_mix": 1.0}, "synthetic_mix must be in"),
+    ({"synthetic_mix": -0.1}, "synthetic_mix must be in"),
+    ({"synthetic_mix": 0.5, "synthetic_patients": 0}, "synthetic_patients"),
+    ({"epochs": 0}, "epochs must be at least 1"),
+    ({"model": "resnet"}, "model must be one of"),
+    ({"dropout": 0.1}, "unknown training option"),
+])
+def test_training_config_rejects_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        model.TrainingConfig.from_custom_config(options)

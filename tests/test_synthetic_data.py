@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline import synthetic_data
+from trainer import synthetic_data
 from trainer import records
 
 SMALL = dict(num_patients=3, slices_per_patient=4, eval_fraction=0.34, progress=False)
@@ -188,3 +188,18 @@ def test_records_carry_their_patient_id(small_set):
     for split_slices in _read_all(out_dir).values():
         for item in split_slices:
             assert item.patient_id is not None and item.name.startswith(item.patient_id + "-")
+
+
+def test_generate_slices_matches_the_written_data_set(tmp_path):
+    """The Trainer's in-memory mix and the files of `lvseg data synth` are the same slices."""
+    manifest = synthetic_data.synthesize_dataset(str(tmp_path), num_patients=3,
+                                                 slices_per_patient=2, eval_fraction=0.34,
+                                                 seed=7, progress=False)
+    written = {s.name: s for split in ("train", "eval")
+               for s in records.iter_lab_records(str(tmp_path / manifest["splits"][split]["file"]))}
+    generated = synthetic_data.generate_slices(3, slices_per_patient=2, seed=7)
+    assert sorted(s.name for s in generated) == sorted(written)
+    for item in generated:
+        np.testing.assert_array_equal(item.image, written[item.name].image)
+        np.testing.assert_array_equal(item.mask, written[item.name].mask)
+        assert item.patient_id == written[item.name].patient_id

@@ -39,7 +39,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from components import patient_split
+from trainer import patient_split
 from trainer import records
 
 GENERATOR_VERSION = "synthetic-sax-1"
@@ -378,13 +378,23 @@ def generate_patient(patient_id: int, num_slices: int,
 def split_patients(num_patients: int, eval_fraction: float,
                    seed: int) -> Tuple[List[int], List[int]]:
     """Splits patient ids 0..num_patients-1 into (train, eval), by patient so no anatomy leaks
-    (see :func:`components.patient_split.split_patients`)."""
+    (see :func:`trainer.patient_split.split_patients`)."""
     return patient_split.split_patients(list(range(num_patients)), eval_fraction, seed)
 
 
 def patient_rng(seed: int, patient_id: int) -> np.random.Generator:
     """The RNG of one patient: depends on (seed, patient_id) only, not on the split or order."""
     return np.random.default_rng([seed, patient_id])
+
+
+def generate_slices(num_patients: int, slices_per_patient: int = 13,
+                    seed: int = 42) -> List[records.Slice]:
+    """All slices of patients 0..num_patients-1 in memory, as ``records.Slice`` (the Trainer mixes
+    these into real training data; ``synthesize_dataset`` writes the same slices to files)."""
+    return [records.Slice(name, image, mask, patient_id=patient_name(patient_id))
+            for patient_id in range(num_patients)
+            for name, image, mask in generate_patient(patient_id, slices_per_patient,
+                                                      patient_rng(seed, patient_id))]
 
 
 def synthesize_dataset(out_dir: str, num_patients: int = 20, slices_per_patient: int = 13,

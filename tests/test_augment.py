@@ -1,0 +1,47 @@
+"""Augmentation moves image and mask together and keeps the mask a mask."""
+import numpy as np
+import tensorflow as tf
+
+from trainer import augment, records
+
+N = records.IMAGE_SIZE
+
+
+def _disk(radius=30, centre=(100, 140)):
+    rows, cols = np.mgrid[0:N, 0:N]
+    return ((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius ** 2).astype(np.int64)
+
+
+def test_no_change_when_every_range_is_zero():
+    none = augment.AugmentConfig(flips=False, max_rotation_degrees=0, max_scale_change=0,
+                                 max_shift_pixels=0, max_gain_change=0, max_gamma_change=0)
+    mask = _disk()
+    image = tf.constant(mask[..., None] * 0.8 + 0.1, tf.float32)
+    out_image, out_mask = augment.augment(image, tf.constant(mask), none)
+    np.testing.assert_allclose(out_image.numpy(), image.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(out_mask.numpy(), mask)
+
+
+def test_image_and_mask_stay_aligned_and_the_mask_binary():
+    tf.keras.utils.set_random_seed(3)
+    geometry_only = augment.AugmentConfig(max_gain_change=0, max_gamma_change=0)
+    mask = _disk()
+    image = tf.constant(mask[..., None].astype(np.float32))  # the image is the mask itself
+    for _ in range(10):
+        out_image, out_mask = augment.augment(image, tf.constant(mask), geometry_only)
+        out_mask = out_mask.numpy()
+        assert set(np.unique(out_mask)) <= {0, 1}
+        # the LV moved with the image: they disagree at most along the edge
+        disagree = ((out_image.numpy()[..., 0] > 0.5) != out_mask.astype(bool)).sum()
+        assert disagree < 0.05 * mask.sum()
+        # rotation keeps the area; scaling by at most 10% changes it by at most ~21%
+        assert 0.75 * mask.sum() < out_mask.sum() < 1.25 * mask.sum()
+
+
+def test_draws_differ_and_intensity_changes_stay_positive():
+    tf.keras.utils.set_random_seed(5)
+    mask = _disk()
+    image = tf.constant(np.random.default_rng(0).uniform(0, 1.2, (N, N, 1)), tf.float32)
+    outputs = [augment.augment(image, tf.constant(mask))[0].numpy() for _ in range(3)]
+    assert not np.allclose(outputs[0], outputs[1])
+    assert all(out.min() >= 0.0 for out in outputs)
