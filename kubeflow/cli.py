@@ -62,6 +62,9 @@ def _add_compile_command(commands) -> None:
     params.add_argument("--epochs", type=int, default=defaults.epochs)
     params.add_argument("--batch-size", type=int, default=defaults.batch_size)
     params.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    params.add_argument("--synthetic-mix", type=float, default=defaults.synthetic_mix,
+                        metavar="SHARE", help="share of training examples drawn from generated "
+                        f"slices (use {configs.DICOM_SYNTHETIC_MIX} for a few real patients)")
     params.add_argument("--seed", type=int, default=defaults.seed)
     params.add_argument("--min-dice", type=float, default=configs.MIN_DICE,
                         help="push only if eval Dice is at least this")
@@ -136,7 +139,8 @@ def _compile(args) -> int:
         schema_path=None if args.infer_schema else args.schema,
         train_steps=args.train_steps,
         training=dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                      learning_rate=args.learning_rate, seed=args.seed),
+                      learning_rate=args.learning_rate, seed=args.seed,
+                      synthetic_mix=args.synthetic_mix),
         normalization=args.normalization,
         min_dice=args.min_dice,
         max_dice_drop=args.max_dice_drop,

@@ -18,6 +18,7 @@ from serving import cli as serving_cli
 
 EXIT_BAD_INPUT = 2
 EXIT_PIPELINE_FAILED = 1
+EXIT_BUSY = 3  # another run holds the pipeline root
 
 
 def _add_data_commands(subparsers) -> None:
@@ -78,7 +79,9 @@ def _add_run_command(subparsers) -> None:
                      help="pipeline root, ML Metadata and pushed models go under it")
     run.add_argument("--runner", choices=local_runner.RUNNERS, default=local_runner.DEFAULT_RUNNER)
     run.add_argument("--model", choices=nets.MODEL_NAMES, default=defaults.model)
-    run.add_argument("--train-steps", type=int, default=configs.DEFAULT_TRAIN_STEPS)
+    run.add_argument("--train-steps", type=int, default=None,
+                     help=f"training steps (default {configs.DEFAULT_TRAIN_STEPS}, "
+                          f"{configs.DICOM_TRAIN_STEPS} with --dicom-root)")
     run.add_argument("--epochs", type=int, default=defaults.epochs)
     run.add_argument("--batch-size", type=int, default=defaults.batch_size)
     run.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
@@ -160,7 +163,7 @@ def _run(args) -> int:
         output_root=args.output_root,
         runner=args.runner,
         schema_path=None if args.infer_schema else args.schema,
-        train_steps=args.train_steps,
+        train_steps=_train_steps(args),
         training=dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                       learning_rate=args.learning_rate, seed=args.seed,
                       synthetic_mix=_synthetic_mix(args)),
@@ -173,6 +176,7 @@ def _run(args) -> int:
         eval_fraction=args.eval_fraction, split_seed=args.split_seed,
         docker_infra_validation=args.infra_validator == "docker")
     input_checks.check_writable(run.output_root)
+    local_runner.ensure_unlocked(run.pipeline_root)
     if not args.skip_data_check and not run.dicom_root:
         counts = input_checks.check_data_root(run.data_root, run.split_patterns())
         print(f"input {run.data_root}: " + ", ".join(f"{s} {n} records" for s, n in counts.items()),
@@ -194,8 +198,14 @@ def _run(args) -> int:
     return 0
 
 
+def _train_steps(args) -> int:
+    if args.train_steps is not None:
+        return args.train_steps
+    return configs.DICOM_TRAIN_STEPS if args.dicom_root else configs.DEFAULT_TRAIN_STEPS
+
+
 def _synthetic_mix(args) -> float:
-    """Real DICOM data sets are small: by default, half of each batch is generated anatomy."""
+    """Real DICOM data sets are small: by default, half of the training examples are generated."""
     if args.synthetic_mix is not None:
         return args.synthetic_mix
     return configs.DICOM_SYNTHETIC_MIX if args.dicom_root else 0.0
@@ -249,12 +259,15 @@ def main(argv=None) -> int:
     else:
         from pipeline import progress
         progress.show_step_progress()
-    from pipeline import input_checks
+    from pipeline import input_checks, local_runner
     try:
         return args.handler(args)
     except (input_checks.InputDataError, ValueError, FileNotFoundError) as exc:
         print(f"lvseg: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except local_runner.PipelineLockedError as exc:
+        print(f"lvseg: error: {exc}", file=sys.stderr)
+        return EXIT_BUSY
 
 
 if __name__ == "__main__":

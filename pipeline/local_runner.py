@@ -7,9 +7,17 @@ Two local orchestrators run the same definition:
   the data components use at scale.
 - ``local``: TFX's ``LocalDagRunner``, components one after another in this process; the
   simplest to step through in a debugger.
+
+One run at a time per pipeline root: :func:`run_pipeline` holds an exclusive ``fcntl`` lock on
+``<pipeline root>/.lvseg-run.lock`` for the whole run, and a second run on the same root fails
+at once (:class:`PipelineLockedError`) instead of racing the first for ML Metadata's SQLite file
+and the artifact folders. The kernel releases the lock when its process ends, however it ends,
+so a killed run never blocks the next one.
 """
 import contextlib
 import dataclasses
+import errno
+import fcntl
 import os
 import sys
 from typing import Dict, Optional, Sequence
@@ -125,10 +133,59 @@ def _argv_hidden_from_absl():
         sys.argv = saved
 
 
+LOCK_FILE = ".lvseg-run.lock"
+
+
+class PipelineLockedError(RuntimeError):
+    """Another run holds the pipeline root; the message names the root and that run's pid."""
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            return False
+        raise
+
+
+@contextlib.contextmanager
+def pipeline_lock(pipeline_root: str):
+    """Holds the run lock of ``pipeline_root``; raises PipelineLockedError at once if taken.
+
+    ``flock`` on a file in the root: released by the kernel when the holder exits or is killed
+    (the file stays, with the last holder's pid, and is reused). The pid is for the message only.
+    """
+    root = os.path.abspath(pipeline_root)
+    os.makedirs(root, exist_ok=True)
+    fd = os.open(os.path.join(root, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        if not _try_flock(fd):
+            # raised outside the except clause: the CLI reports the innermost exception
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise PipelineLockedError(
+                f"another run (pid {holder}) is using the pipeline root {root}; wait for it to "
+                "finish or stop it")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the only descriptor releases the lock
+
+
+def ensure_unlocked(pipeline_root: str) -> None:
+    """Raises PipelineLockedError now, before any slow checks, if another run holds the root.
+
+    Creates nothing; :func:`run_pipeline` takes the lock itself for the run."""
+    if os.path.exists(os.path.join(os.path.abspath(pipeline_root), LOCK_FILE)):
+        with pipeline_lock(pipeline_root):
+            pass
+
+
 def run_pipeline(run: LocalRun) -> None:
     pipeline = build_pipeline(run)
-    os.makedirs(run.pipeline_root, exist_ok=True)
-    with _argv_hidden_from_absl():
+    with pipeline_lock(run.pipeline_root), _argv_hidden_from_absl():
         if run.runner == BEAM:
             BeamDagRunner().run(pipeline)
         else:

@@ -84,13 +84,15 @@ def check_inputs(signature_name: str, signature_def,
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"input {alias!r} of signature {signature_name!r} must be "
                 f"{tf.dtypes.as_dtype(info.dtype).name}, got {_dtype_name(dtype)}")
-        if dims is None or info.tensor_shape.unknown_rank:
+        if dims is None:
             continue
-        if 0 in dims or any(d < 0 for d in dims):
+        if any(d <= 0 for d in dims):
             raise ServingStatusError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"input {alias!r} of signature {signature_name!r} has shape {list(dims)}: "
-                "an empty batch, or a negative dimension")
+                + ("a negative dimension" if min(dims) < 0 else "nothing to predict (empty)"))
+        if info.tensor_shape.unknown_rank:
+            continue
         wanted = [d.size for d in info.tensor_shape.dim]
         if len(dims) != len(wanted) or any(w >= 0 and w != d for w, d in zip(wanted, dims)):
             raise ServingStatusError(
@@ -179,11 +181,56 @@ def status_of_exception(exc: Exception) -> Tuple[grpc.StatusCode, str]:
 # --- gRPC servicers ----------------------------------------------------------------------------
 
 
+class MalformedRequest:
+    """What a request that is not its RPC's protobuf parses to (see :class:`_LenientParsing`)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _parse_or_malformed(parse, data: bytes):
+    try:
+        return parse(data)
+    except Exception as exc:  # noqa: BLE001  (protobuf's DecodeError, or anything else)
+        return MalformedRequest(exc)
+
+
+class _LenientParsing(grpc.GenericRpcHandler):
+    """Wraps generated handlers so that bytes which are not the RPC's protobuf reach the servicer
+    as :class:`MalformedRequest`, answered INVALID_ARGUMENT, instead of gRPC's INTERNAL
+    "Exception deserializing request!" with a traceback logged for every such request."""
+
+    def __init__(self, handler: grpc.GenericRpcHandler):
+        self._handler = handler
+
+    def service(self, handler_call_details):
+        method = self._handler.service(handler_call_details)
+        if method is None or method.request_deserializer is None:
+            return method
+        return method._replace(request_deserializer=functools.partial(
+            _parse_or_malformed, method.request_deserializer))
+
+
+class _LenientServer:
+    """What the generated ``add_*Servicer_to_server`` functions see instead of the server."""
+
+    def __init__(self, server: grpc.Server):
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_LenientParsing(h) for h in handlers))
+
+
 def _answers_with_status(method):
     """Turns any exception of an RPC into its gRPC status, so no request can end the server."""
     @functools.wraps(method)
     def wrapper(self, request, context):
         try:
+            if isinstance(request, MalformedRequest):
+                raise ServingStatusError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request is not a valid {method.__name__} request protobuf: "
+                    f"{type(request.error).__name__}: {request.error}")
             return method(self, request, context)
         except Exception as exc:  # noqa: BLE001  (every failure becomes a status)
             code, message = status_of_exception(exc)
@@ -346,9 +393,10 @@ class LocalModelServer:
             options=[("grpc.max_receive_message_length", self.max_message_bytes),
                      ("grpc.max_send_message_length", self.max_message_bytes),
                      ("grpc.so_reuseport", 0)])  # a taken port is an error, not shared
+        lenient = _LenientServer(server)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(models), server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), server)
+            PredictionServicer(models, self.max_message_bytes), lenient)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), lenient)
         address = f"{self.host}:{self.requested_port}"
         if self.server_credentials is None:
             self.port = server.add_insecure_port(address)
