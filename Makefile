@@ -13,11 +13,12 @@ DATA_ROOT ?= data/synthetic
 OUTPUT_ROOT ?= outputs
 PYTEST_ARGS ?=
 
-.PHONY: help install run test data clean distclean
+.PHONY: help install run test bench data clean distclean
 
 help:
 	@echo "make run    run the whole pipeline on the generated default data ($(DATA_ROOT))"
 	@echo "make test   run the test suite"
+	@echo "make bench  run the benchmarks (under 15 min on 2 CPUs), print the figures as one JSON object"
 	@echo "make install / data / clean / distclean"
 
 install: $(INSTALLED)
@@ -43,6 +44,11 @@ run: $(INSTALLED) $(DATA_ROOT)/manifest.json
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Each figure is a ratio against the plain way of doing the same work, measured in the same run.
+# Logs and latest.json under $(OUTPUT_ROOT)/benchmarks.
+bench: $(INSTALLED) $(DATA_ROOT)/manifest.json
+	$(BIN)/python benchmarks/run_all.py --data-root $(DATA_ROOT) --out $(OUTPUT_ROOT)/benchmarks
 
 clean:
 	rm -rf $(OUTPUT_ROOT)

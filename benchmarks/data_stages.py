@@ -1,13 +1,16 @@
 """The pipeline's data stages, in one process, in several, and through Beam's portable runner.
 
     .venv/bin/python benchmarks/data_stages.py [--data-root data/synthetic] [--workers 2]
+        [--skip-portable] [--keep-outputs DIR]
 
 Runs the stages of ``create_pipeline`` up to Transform (ImportExampleGen, StatisticsGen,
 ImportSchemaGen, ExampleValidator, DataGate, Transform) as a TFX partial run, three times on the
 same data: Beam's DirectRunner in memory, DirectRunner with worker processes, and the portable
 runner (``--runner=PortableRunner --job_endpoint=embed --environment_type=EXTERNAL``) against an
 SDK worker pool started here, the way Flink or Spark on Kubernetes run Python workers beside
-their task managers. Checks that the outputs match and prints one JSON object with wall times.
+their task managers. Checks that the outputs match and prints one JSON object with wall times:
+of the whole partial run, and per stage from its ML Metadata (StatisticsGen + Transform, the
+two Beam-heavy stages, summed).
 ``tests/test_beam_scaleout.py`` uses the same functions on the tiny test set.
 """
 import argparse
@@ -18,6 +21,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +30,9 @@ import tempfile
 import time
 from typing import Counter, Dict, Iterator, List, Sequence
 from unittest import mock
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trainer import tf_env  # noqa: F401  (before TensorFlow)
 
@@ -194,11 +201,23 @@ def _wait_for_port(port: int, pool: subprocess.Popen, log_path: str) -> None:
                        f"{WORKER_POOL_START_TIMEOUT_S} s; see {log_path}")
 
 
+def stage_seconds(output_root: str) -> Dict[str, float]:
+    """Per-stage seconds of a data-stages run, from its ML Metadata (see pipeline_stages.py)."""
+    from benchmarks import pipeline_stages
+    stages = pipeline_stages.stage_seconds(
+        os.path.abspath(configs.metadata_path(output_root)), configs.PIPELINE_NAME)
+    return {name: stage["seconds"] for name, stage in stages.get("stages", {}).items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default=configs.DEFAULT_DATA_ROOT)
     parser.add_argument("--workers", type=int, default=2, help="DirectRunner worker processes")
     parser.add_argument("--skip-portable", action="store_true")
+    parser.add_argument("--keep-outputs", metavar="DIR",
+                        help="write the runs' outputs under DIR and keep them (the single-process "
+                             "pipeline root then feeds training_throughput.py and "
+                             "input_pipeline.py); default: a temporary folder")
     args = parser.parse_args(argv)
 
     beam_args = {"single_process": list(configs.DEFAULT_BEAM_ARGS),
@@ -207,27 +226,49 @@ def main(argv=None) -> int:
     if not args.skip_portable:
         beam_args["portable"] = portable_args(port)
     outputs = {}
-    with tempfile.TemporaryDirectory(prefix="data_stages_") as work:
+    stages = {}
+    with contextlib.ExitStack() as stack:
+        if args.keep_outputs:
+            work = os.path.abspath(args.keep_outputs)
+            os.makedirs(work, exist_ok=True)
+        else:
+            work = stack.enter_context(tempfile.TemporaryDirectory(prefix="data_stages_"))
         for name, args_ in beam_args.items():
             output_root = os.path.join(work, name)
-            if name == "portable":
-                with sdk_worker_pool(port, os.path.join(work, "worker_pool.log")):
+            shutil.rmtree(output_root, ignore_errors=True)  # a fresh store: nothing cached
+            # Keras/absl lines go to stderr: stdout is for the JSON object
+            with contextlib.redirect_stdout(sys.stderr):
+                if name == "portable":
+                    with sdk_worker_pool(port, os.path.join(work, "worker_pool.log")):
+                        outputs[name] = run_data_stages(args.data_root, output_root, args_)
+                else:
                     outputs[name] = run_data_stages(args.data_root, output_root, args_)
-            else:
-                outputs[name] = run_data_stages(args.data_root, output_root, args_)
+            stages[name] = stage_seconds(output_root)
 
     single = outputs["single_process"]
+    stats_and_transform = {name: round(sum(seconds.get(stage, 0.0)
+                                           for stage in ("StatisticsGen", LAST_DATA_STAGE)), 1)
+                           for name, seconds in stages.items()}
     print(json.dumps({
+        "benchmark": "data_stages",
         "data_root": os.path.abspath(args.data_root),
         "records": single.example_counts,
         "stages": list(DATA_STAGES),
         "cpus": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 1),
         "seconds": {name: round(result.seconds, 1) for name, result in outputs.items()},
+        "stage_seconds": stages,
+        "statisticsgen_plus_transform_seconds": stats_and_transform,
+        "multi_over_single_process": {
+            "statisticsgen_plus_transform": round(
+                stats_and_transform["multi_process"] / stats_and_transform["single_process"], 3)
+            if stats_and_transform.get("single_process") else None,
+            "all_data_stages": round(outputs["multi_process"].seconds / single.seconds, 3)},
         "beam_args": beam_args,
         "outputs_match_single_process": {name: not compare_outputs(single, result)
                                          for name, result in outputs.items()
                                          if name != "single_process"},
+        "kept_outputs": work if args.keep_outputs else None,
     }, indent=2))
     return 0
 
