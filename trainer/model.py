@@ -38,7 +38,7 @@ class TrainingConfig:
     shuffle_buffer: int = 1024
     # Share of training examples drawn from generated slices (trainer.synthetic_data), the rest
     # from the training split. With a few real patients, mixing in generated anatomy regularises
-    # the net (measured on the Sunnybrook subset: README, "Real data").
+    # the net (measured on the Sunnybrook subset: README, "Training on real patients").
     synthetic_mix: float = 0.0
     synthetic_patients: int = 20  # generated patients (13 slices each) when synthetic_mix > 0
 
