@@ -54,7 +54,7 @@ def run_fold(data_root: str, output_root: str, args) -> dict:
     command = [os.path.join(os.path.dirname(sys.executable), "lvseg"), "run",
                "--data-root", data_root, "--output-root", output_root,
                "--train-steps", str(args.train_steps), "--synthetic-mix", str(args.synthetic_mix),
-               "--min-dice", "0"]
+               "--unet-norm", args.unet_norm, "--min-dice", "0"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     log_path = os.path.join(output_root, "run.log")
@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--subset", default=DEFAULT_SUBSET)
     parser.add_argument("--train-steps", type=int, default=600)
     parser.add_argument("--synthetic-mix", type=float, default=configs.DICOM_SYNTHETIC_MIX)
+    parser.add_argument("--unet-norm", default=configs.DEFAULT_TRAINING.unet_norm)
     parser.add_argument("--work-dir", help="keep the folds' data and outputs here")
     parser.add_argument("--patients", nargs="*", help="evaluate only these patients")
     args = parser.parse_args(argv)
@@ -100,6 +101,7 @@ def main(argv=None) -> int:
         "benchmark": "leave_one_patient_out_sunnybrook",
         "train_steps": args.train_steps,
         "synthetic_mix": args.synthetic_mix,
+        "unet_norm": args.unet_norm,
         "labelled_slices": len(slices),
         "skipped": ingest["skipped"],
         "folds": folds,

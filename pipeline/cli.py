@@ -82,6 +82,8 @@ def _add_run_command(subparsers) -> None:
     run.add_argument("--train-steps", type=int, default=None,
                      help=f"training steps (default {configs.DEFAULT_TRAIN_STEPS}, "
                           f"{configs.DICOM_TRAIN_STEPS} with --dicom-root)")
+    run.add_argument("--unet-norm", choices=nets.NORM_LAYERS, default=defaults.unet_norm,
+                     help="normalisation layers of the U-Net")
     run.add_argument("--epochs", type=int, default=defaults.epochs)
     run.add_argument("--batch-size", type=int, default=defaults.batch_size)
     run.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
@@ -166,7 +168,7 @@ def _run(args) -> int:
         train_steps=_train_steps(args),
         training=dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                       learning_rate=args.learning_rate, seed=args.seed,
-                      synthetic_mix=_synthetic_mix(args)),
+                      synthetic_mix=_synthetic_mix(args), unet_norm=args.unet_norm),
         normalization=args.normalization,
         min_dice=args.min_dice,
         max_dice_drop=args.max_dice_drop,

@@ -29,3 +29,14 @@ def test_lab_net_is_the_labs_layer_stack():
 def test_unknown_model_is_rejected():
     with pytest.raises(ValueError, match="model must be one of"):
         nets.build_model("resnet")
+
+
+def test_unet_with_group_norm_has_no_running_statistics():
+    """Group norm computes the same in training and inference: nothing to settle from batches."""
+    model = nets.build_model(nets.UNET, unet_norm=nets.GROUP_NORM)
+    images = np.random.default_rng(0).uniform(0, 1, (2, records.IMAGE_SIZE, records.IMAGE_SIZE, 1))
+    np.testing.assert_allclose(model(images, training=True).numpy(),
+                               model(images, training=False).numpy(), rtol=1e-4, atol=1e-4)
+    assert not any(layer.name.endswith(("_bn1", "_bn2")) for layer in model.layers)
+    with pytest.raises(ValueError, match="norm layer must be one of"):
+        nets.build_model(nets.UNET, unet_norm="layer")

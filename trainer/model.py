@@ -34,6 +34,7 @@ class TrainingConfig:
     dice_loss_weight: float = 1.0  # loss = cross-entropy + weight * (1 - soft Dice)
     augment: bool = True  # flips, rotation, scaling, shifts, gain and gamma (trainer.augment)
     unet_base_filters: int = 16
+    unet_norm: str = nets.BATCH_NORM  # or GROUP_NORM (README, "Training on real patients")
     seed: Optional[int] = 42  # seeds weights and shuffling; None for a different run each time
     shuffle_buffer: int = 1024
     # Share of training examples drawn from generated slices (trainer.synthetic_data), the rest
@@ -50,6 +51,9 @@ class TrainingConfig:
         if unknown:
             raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
         config = cls(**custom_config)
+        if config.unet_norm not in nets.NORM_LAYERS:
+            raise ValueError(f"unet_norm must be one of {nets.NORM_LAYERS}, "
+                             f"got {config.unet_norm!r}")
         if config.model not in nets.MODEL_NAMES:
             raise ValueError(f"model must be one of {nets.MODEL_NAMES}, got {config.model!r}")
         for name in ("epochs", "batch_size"):
@@ -142,7 +146,8 @@ def build_compiled_model(config: TrainingConfig, total_steps: int) -> tf.keras.M
     """The network with Adam, its learning rate decaying to zero over ``total_steps`` (cosine):
     the last epochs settle the weights instead of leaving them wherever the last step threw them
     (with a constant rate, one measured run's eval Dice fell from 0.97 to 0.73 in its last epoch)."""
-    model = nets.build_model(config.model, unet_base_filters=config.unet_base_filters)
+    model = nets.build_model(config.model, unet_base_filters=config.unet_base_filters,
+                             unet_norm=config.unet_norm)
     learning_rate = tf.keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(total_steps, 1))
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),

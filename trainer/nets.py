@@ -39,22 +39,36 @@ def build_lab_fcn() -> tf.keras.Model:
 _BN_MOMENTUM = 0.9
 
 
-def _conv_block(x, filters: int, name: str):
+BATCH_NORM = "batch"
+GROUP_NORM = "group"  # no running statistics: the same in training and inference
+NORM_LAYERS = (BATCH_NORM, GROUP_NORM)
+_GROUPS = 8
+
+
+def _norm(kind: str, name: str) -> tf.keras.layers.Layer:
+    if kind == BATCH_NORM:
+        return tf.keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, name=name)
+    if kind == GROUP_NORM:
+        return tf.keras.layers.GroupNormalization(groups=_GROUPS, name=name)
+    raise ValueError(f"norm layer must be one of {NORM_LAYERS}, got {kind!r}")
+
+
+def _conv_block(x, filters: int, name: str, norm: str = BATCH_NORM):
     for i in (1, 2):
         x = tf.keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
                                    name=f"{name}_conv{i}")(x)
-        x = tf.keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, name=f"{name}_bn{i}")(x)
+        x = _norm(norm, f"{name}_{norm[0]}n{i}")(x)
         x = tf.keras.layers.ReLU(name=f"{name}_relu{i}")(x)
     return x
 
 
-def build_unet(base_filters: int = 16, depth: int = 3) -> tf.keras.Model:
+def build_unet(base_filters: int = 16, depth: int = 3, norm: str = BATCH_NORM) -> tf.keras.Model:
     """U-Net (Ronneberger et al. 2015) with transpose-convolution upsampling, sized for CPUs.
 
     A strided 3x3 stem halves the resolution first and the U-Net (``depth`` pooling steps,
     filters doubling from ``base_filters``) runs at 128x128; a 2x2 stride-2 transpose convolution
     returns to 256x256, where the image is concatenated back for one 3x3 refinement before the
-    1x1 class layer. Full-resolution convolutions with few channels are what CPUs run worst:
+    1x1 class layer. ``norm`` is batch norm (default) or group norm. Full-resolution convolutions with few channels are what CPUs run worst:
     a plain full-resolution U-Net trained at 3-4 images/s on 2 cores, this one at ~10.
     """
     layers = tf.keras.layers
@@ -63,15 +77,15 @@ def build_unet(base_filters: int = 16, depth: int = 3) -> tf.keras.Model:
                       name="stem")(inputs)
     skips = []
     for level in range(depth):
-        x = _conv_block(x, base_filters * 2 ** level, name=f"down{level}")
+        x = _conv_block(x, base_filters * 2 ** level, name=f"down{level}", norm=norm)
         skips.append(x)
         x = layers.MaxPool2D(2, name=f"pool{level}")(x)
-    x = _conv_block(x, base_filters * 2 ** depth, name="bottom")
+    x = _conv_block(x, base_filters * 2 ** depth, name="bottom", norm=norm)
     for level in reversed(range(depth)):
         filters = base_filters * 2 ** level
         x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}")(x)
         x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
-        x = _conv_block(x, filters, name=f"dec{level}")
+        x = _conv_block(x, filters, name=f"dec{level}", norm=norm)
     x = layers.Conv2DTranspose(_FULL_RES_FILTERS, 2, strides=2, padding="same",
                                name="up_full")(x)
     x = layers.Concatenate(name="skip_image")([x, inputs])
@@ -80,9 +94,10 @@ def build_unet(base_filters: int = 16, depth: int = 3) -> tf.keras.Model:
     return tf.keras.Model(inputs, logits, name=UNET)
 
 
-def build_model(name: str, unet_base_filters: int = 16) -> tf.keras.Model:
+def build_model(name: str, unet_base_filters: int = 16,
+                unet_norm: str = BATCH_NORM) -> tf.keras.Model:
     if name == UNET:
-        return build_unet(base_filters=unet_base_filters)
+        return build_unet(base_filters=unet_base_filters, norm=unet_norm)
     if name == LAB_FCN:
         return build_lab_fcn()
     raise ValueError(f"model must be one of {MODEL_NAMES}, got {name!r}")
