@@ -12,7 +12,6 @@ import sys
 from pipeline import configs
 
 EXIT_SUBMIT_FAILED = 1
-EXIT_BAD_INPUT = 2
 DEFAULT_OUTPUT = f"{configs.PIPELINE_NAME}.json"
 
 
@@ -195,20 +194,9 @@ def _parse_params(pairs) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """A parser with just this command, for tests and ``python -m kubeflow.cli``."""
+    """A parser with just this command, for tests (``lvseg kubeflow`` runs through
+    ``pipeline.cli.main``, which reports bad input)."""
     parser = argparse.ArgumentParser(prog="lvseg")
     register(parser.add_subparsers(dest="command", required=True))
     return parser
 
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"lvseg: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
-
-if __name__ == "__main__":
-    sys.exit(main())
