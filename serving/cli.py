@@ -1,6 +1,7 @@
 """Serving subcommands of ``lvseg``: ``serve``, ``predict``, ``models-config``.
 
     lvseg serve [--model-base-path DIR --port 8500]     the local stand-in for TF Serving
+          [--request-log-dir DIR --request-log-sampling 0.1 --request-log-max-mb 512]
     lvseg predict --target HOST:PORT FILES...           mask and overlay PNGs, LV area
     lvseg models-config [--serving-root DIR]             TF Serving's models.config
 
@@ -20,7 +21,7 @@ EXIT_BAD_INPUT = 2  # as `lvseg`: some input was unusable (the others were proce
 def register(subparsers) -> None:
     """Adds ``serve``, ``predict`` and ``models-config`` to ``subparsers``."""
     from pipeline import configs
-    from serving import client, model_server, models_config, payloads, versions
+    from serving import client, model_server, models_config, payloads, request_log, versions
 
     default_base_path = configs.serving_model_dir(configs.DEFAULT_OUTPUT_ROOT)
 
@@ -55,6 +56,24 @@ def register(subparsers) -> None:
                        help="on SIGTERM, how long requests in flight may take to finish")
     serve.add_argument("--tls-cert", help="PEM certificate chain: serve over TLS")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    logging_options = serve.add_argument_group(
+        "request logging", "log a sample of the answered Predict calls as TF Serving "
+                           "PredictionLog TFRecords (read by `lvseg drift`)")
+    logging_options.add_argument("--request-log-dir", metavar="DIR",
+                                 help="write the request log here (default: no logging)")
+    logging_options.add_argument("--request-log-sampling", type=float, metavar="RATE",
+                                 default=request_log.DEFAULT_SAMPLING_RATE,
+                                 help="share of Predict requests logged, 0..1 (default "
+                                      "%(default)s)")
+    logging_options.add_argument("--request-log-max-mb", type=float, metavar="MB",
+                                 default=request_log.DEFAULT_MAX_MB,
+                                 help="cap on all log files in the folder; logging stops there "
+                                      "(default %(default)s)")
+    logging_options.add_argument("--request-log-response", choices=request_log.RESPONSE_MODES,
+                                 default=request_log.DEFAULT_RESPONSE_MODE,
+                                 help="what of the response is logged: summary (the version and "
+                                      "the LV pixels per image, default), full (the 256x256 "
+                                      "maps too), none (the version only)")
     serve.set_defaults(handler=serve_command)
 
     predict = subparsers.add_parser(
@@ -136,16 +155,42 @@ def serve_command(args) -> int:
                                     policy=_version_policy(args),
                                     version_labels=labels,
                                     poll_interval_s=args.poll_seconds)
+    logger = _request_logger(args)
     server = model_server.LocalModelServer(
         [manager], port=args.port, host=args.host, max_workers=args.workers,
         max_message_bytes=args.max_message_bytes, server_credentials=credentials,
-        rest_port=args.rest_port)
-    server.start()
+        rest_port=args.rest_port, request_log=logger)
+    try:
+        server.start()
+    except BaseException:
+        if logger is not None:
+            logger.close()
+        raise
     rest = "" if server.rest_port is None else f", REST on {args.host}:{server.rest_port}"
-    print(f"serving {args.model_name} on {args.host}:{server.port} (gRPC){rest}; stop with "
-          "Ctrl-C or SIGTERM", flush=True)
+    logged = "" if logger is None else (
+        f"; logging {args.request_log_sampling * 100:g}% of Predict requests to "
+        f"{logger.directory}")
+    print(f"serving {args.model_name} on {args.host}:{server.port} (gRPC){rest}{logged}; stop "
+          "with Ctrl-C or SIGTERM", flush=True)
     model_server.serve_until_terminated(server, args.grace_seconds)
     return EXIT_OK
+
+
+def _request_logger(args):
+    """The RequestLogger of ``--request-log-*``, or None without ``--request-log-dir``."""
+    from serving import request_log
+
+    if not args.request_log_dir:
+        return None
+    if args.request_log_max_mb <= 0:
+        raise ValueError(f"--request-log-max-mb must be positive, got {args.request_log_max_mb}")
+    if not 0.0 <= args.request_log_sampling <= 1.0:
+        raise ValueError("--request-log-sampling must be within 0..1, got "
+                         f"{args.request_log_sampling}")
+    return request_log.RequestLogger(
+        args.request_log_dir, sampling_rate=args.request_log_sampling,
+        max_bytes=int(args.request_log_max_mb * (1 << 20)),
+        response=args.request_log_response)
 
 
 def predict_command(args) -> int:

@@ -19,6 +19,9 @@ CLI and the pipeline's servable check talk to either alike:
   No request can stop the server.
 - Model names, versions and labels from requests are looked up in tables, never joined into
   paths: the file system is read only under each model's configured base path.
+- Request logging, on request (``request_log``, :mod:`serving.request_log`): a sample of the
+  successful Predict calls is written as TF Serving ``PredictionLog`` TFRecords, bounded in size;
+  logging never fails or holds up a request.
 """
 import functools
 import logging
@@ -265,9 +268,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """``Predict`` and ``GetModelMetadata`` as TF Serving answers them."""
 
     def __init__(self, models: _Models,
-                 max_tensor_bytes: int = payloads.DEFAULT_MAX_MESSAGE_BYTES):
+                 max_tensor_bytes: int = payloads.DEFAULT_MAX_MESSAGE_BYTES,
+                 request_log=None):
         self._models = models
         self._max_tensor_bytes = max_tensor_bytes
+        self._request_log = request_log  # a serving.request_log.RequestLogger, or None
 
     @_answers_with_status
     def Predict(self, request, context):
@@ -293,6 +298,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             _fill_model_spec(response.model_spec, manager.model_name, loaded.version, name)
             for alias, value in outputs.items():
                 response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
+            if self._request_log is not None:  # only answered requests; never raises
+                self._request_log.log(request, response, model_name=manager.model_name,
+                                      version=loaded.version, signature_name=name,
+                                      outputs=outputs)
             return response
 
     @_answers_with_status
@@ -352,14 +361,17 @@ class LocalModelServer:
 
     ``port=0`` picks a free port (see :attr:`port` after :meth:`start`). ``rest_port`` adds TF
     Serving's REST API (:mod:`serving.rest_gateway`; 0 picks a port, None: no REST).
+    ``request_log``: a :class:`serving.request_log.RequestLogger` that gRPC Predict calls are
+    logged to; the server closes it when it stops.
     """
 
     def __init__(self, managers: Sequence[ModelManager], port: int = 0, host: str = "0.0.0.0",
                  max_workers: int = DEFAULT_WORKERS,
                  max_message_bytes: int = payloads.DEFAULT_MAX_MESSAGE_BYTES,
                  server_credentials: Optional[grpc.ServerCredentials] = None,
-                 rest_port: Optional[int] = None):
+                 rest_port: Optional[int] = None, request_log=None):
         self.managers = list(managers)
+        self.request_log = request_log
         self.host = host
         self.requested_port = port
         self.requested_rest_port = rest_port
@@ -395,7 +407,7 @@ class LocalModelServer:
                      ("grpc.so_reuseport", 0)])  # a taken port is an error, not shared
         lenient = _LenientServer(server)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(models, self.max_message_bytes), lenient)
+            PredictionServicer(models, self.max_message_bytes, self.request_log), lenient)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), lenient)
         address = f"{self.host}:{self.requested_port}"
         if self.server_credentials is None:
@@ -426,6 +438,8 @@ class LocalModelServer:
         if self._server is not None:
             self._server.stop(grace_s).wait()
             self._server = None
+        if self.request_log is not None:  # after the requests in flight: they may log
+            self.request_log.close()
         for manager in self.managers:
             manager.stop()
             manager.unload_all()
