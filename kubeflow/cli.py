@@ -69,6 +69,14 @@ def _add_compile_command(commands) -> None:
                         help="push only if eval Dice is at least this")
     params.add_argument("--max-dice-drop", type=float, default=configs.MAX_DICE_DROP,
                         help="push only if eval Dice is at most this below the blessed model's")
+    slice_gate = params.add_mutually_exclusive_group()
+    slice_gate.add_argument("--max-slice-dice-drop", type=float,
+                            default=configs.MAX_SLICE_DICE_DROP, metavar="DROP",
+                            help="push only if, on each LV size bucket, eval Dice is at most "
+                                 "this below the blessed model's on that bucket (default "
+                                 f"{configs.MAX_SLICE_DICE_DROP})")
+    slice_gate.add_argument("--no-slice-gate", action="store_true",
+                            help="gate on overall Dice only")
     compile_.add_argument("--normalization", choices=preprocessing.NORMALIZATIONS,
                           default=configs.DEFAULT_NORMALIZATION)
     compile_.add_argument("--no-baseline", action="store_true",
@@ -143,6 +151,7 @@ def _compile(args) -> int:
         normalization=args.normalization,
         min_dice=args.min_dice,
         max_dice_drop=args.max_dice_drop,
+        max_slice_dice_drop=None if args.no_slice_gate else args.max_slice_dice_drop,
         beam=beam_settings.BeamSettings(
             runner=args.beam_runner, direct_workers=args.direct_workers, project=args.project,
             region=args.region, temp_location=args.temp_location,

@@ -90,6 +90,7 @@ class KubeflowCompile:
     normalization: str = configs.DEFAULT_NORMALIZATION
     min_dice: float = configs.MIN_DICE
     max_dice_drop: float = configs.MAX_DICE_DROP
+    max_slice_dice_drop: Optional[float] = configs.MAX_SLICE_DICE_DROP  # None: no slice gate
     beam: beam_settings.BeamSettings = dataclasses.field(
         default_factory=beam_settings.BeamSettings)
     trainer_resources: TrainerResources = dataclasses.field(default_factory=TrainerResources)
@@ -115,7 +116,7 @@ def parameter_defaults(run: KubeflowCompile) -> Dict[str, str]:
     return {
         configs.TRAIN_ARGS_PARAMETER: parameter_json(build_train_args(run.train_steps)),
         configs.EVAL_CONFIG_PARAMETER: parameter_json(
-            build_eval_config(run.min_dice, run.max_dice_drop)),
+            build_eval_config(run.min_dice, run.max_dice_drop, run.max_slice_dice_drop)),
         configs.TRAINING_CONFIG_PARAMETER: parameter_json(
             configs.training_custom_config(run.training)),
     }

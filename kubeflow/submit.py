@@ -19,7 +19,7 @@ from tfx.proto import trainer_pb2
 from tfx.utils import proto_utils
 
 from kubeflow import runner
-from pipeline import configs
+from pipeline import configs, eval_config as eval_config_lib
 
 HEALTHZ_PATH = "/apis/v2beta1/healthz"
 CONNECT_TIMEOUT_S = 10
@@ -80,12 +80,13 @@ def parameter_overrides(defaults: Dict[str, str], *, train_steps: Optional[int] 
     if min_dice is not None:
         eval_config = proto_utils.json_to_proto(
             defaults[configs.EVAL_CONFIG_PARAMETER], tfma.EvalConfig())
-        dice_metrics = [metric for spec in eval_config.metrics_specs for metric in spec.metrics
-                        if metric.class_name == configs.DICE_METRIC_CLASS]
-        if not dice_metrics:
-            raise ValueError("the package's eval_config has no Dice metric to set a threshold on")
-        for metric in dice_metrics:
-            metric.threshold.value_threshold.lower_bound.value = min_dice
+        # The overall Dice threshold is a per-slice threshold on the overall slice: a
+        # MetricConfig.threshold would apply min_dice to every patient and LV size slice.
+        try:
+            eval_config_lib.set_min_dice(eval_config, min_dice)
+        except ValueError as exc:
+            raise ValueError(f"the package's eval_config has no overall Dice threshold to set "
+                             f"({exc})") from exc
         overrides[configs.EVAL_CONFIG_PARAMETER] = runner.parameter_json(eval_config)
     return overrides
 

@@ -50,6 +50,7 @@ class LocalRun:
     normalization: str = configs.DEFAULT_NORMALIZATION
     min_dice: float = configs.MIN_DICE
     max_dice_drop: float = configs.MAX_DICE_DROP
+    max_slice_dice_drop: Optional[float] = configs.MAX_SLICE_DICE_DROP  # None: no slice gate
     beam_args: Sequence[str] = configs.DEFAULT_BEAM_ARGS
     enable_cache: bool = True
     # DICOMs + contours instead of data_root's TFRecords (SunnybrookExampleGen)
@@ -112,6 +113,7 @@ def build_pipeline(run: LocalRun) -> tfx.dsl.Pipeline:
         transform_config={"normalization": run.normalization},
         min_dice=run.min_dice,
         max_dice_drop=run.max_dice_drop,
+        max_slice_dice_drop=run.max_slice_dice_drop,
         beam_pipeline_args=list(run.beam_args),
         docker_infra_validation=run.docker_infra_validation,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(

@@ -2,7 +2,7 @@
 
     ImportExampleGen | SunnybrookExampleGen -> StatisticsGen -> ImportSchemaGen | SchemaGen
       -> ExampleValidator -> DataGate (stops on anomalies) -> Transform -> Trainer
-      -> Resolver (latest blessed model) -> Evaluator (Dice gate)
+      -> Resolver (latest blessed model) -> Evaluator (Dice gate, overall and per LV size)
       -> ServingCheck (the candidate answers over TF Serving's API) -> AtomicPusher
 
 No I/O and no environment reads here: runners pass every path and knob.
@@ -72,6 +72,7 @@ def create_pipeline(
     transform_config: Optional[dict] = None,
     min_dice: float = configs.MIN_DICE,
     max_dice_drop: float = configs.MAX_DICE_DROP,
+    max_slice_dice_drop: Optional[float] = configs.MAX_SLICE_DICE_DROP,
     beam_pipeline_args: Sequence[str] = (),
     metadata_connection_config=None,
     enable_cache: bool = True,
@@ -98,18 +99,21 @@ def create_pipeline(
       training_config: the Trainer's custom_config (``trainer.model.TrainingConfig`` fields),
         or a RuntimeParameter holding it as JSON.
       transform_config: the Transform's custom_config (``normalization``).
-      min_dice, max_dice_drop: the gate (see ``pipeline.eval_config``).
+      min_dice, max_dice_drop: the overall gate (see ``pipeline.eval_config``).
+      max_slice_dice_drop: the slice gate: Dice may drop at most this much against the
+        baseline on each LV size bucket; None turns it off (see ``pipeline.eval_config``).
       beam_pipeline_args: Beam options of the data components (ExampleGen, StatisticsGen,
         Transform, Evaluator: runner, workers, ...); the other components get none.
       metadata_connection_config: ML Metadata connection; None lets the runner choose.
       enable_cache: reuse outputs of unchanged components from earlier runs.
       train_args: replaces ``train_steps`` with a whole TrainArgs, or a RuntimeParameter
         holding one as JSON.
-      eval_config: replaces the EvalConfig built from ``min_dice`` and ``max_dice_drop``, or a
-        RuntimeParameter holding one as JSON.
+      eval_config: replaces the EvalConfig built from ``min_dice``, ``max_dice_drop`` and
+        ``max_slice_dice_drop``, or a RuntimeParameter holding one as JSON.
       compare_with_blessed_model: resolve the latest blessed model as the Evaluator's baseline
-        (the ``max_dice_drop`` gate). Open-source Kubeflow Pipelines 2 cannot run TFX's resolver
-        tasks; without a baseline the Evaluator judges ``min_dice`` alone.
+        (the ``max_dice_drop`` and ``max_slice_dice_drop`` gates). Open-source Kubeflow
+        Pipelines 2 cannot run TFX's resolver tasks; without a baseline the Evaluator judges
+        ``min_dice`` alone.
       trainer_platform_config: the Trainer's platform config; for Kubeflow V2 a
         ``PipelineContainerSpec.ResourceSpec`` (CPU, memory, accelerator).
       dicom_source: read DICOMs + contours (SunnybrookExampleGen) instead of ``data_root``'s
@@ -173,7 +177,7 @@ def create_pipeline(
         model=trainer.outputs["model"],
         baseline_model=model_resolver.outputs["model"] if model_resolver else None,
         eval_config=(eval_config if eval_config is not None
-                     else build_eval_config(min_dice, max_dice_drop)))
+                     else build_eval_config(min_dice, max_dice_drop, max_slice_dice_drop)))
 
     if docker_infra_validation:
         serving_check = docker_infra_validator(trainer.outputs["model"],

@@ -15,6 +15,7 @@ from tfx.utils import proto_utils
 import tensorflow_model_analysis as tfma
 from kubeflow import beam_settings, cli, runner
 from pipeline import configs, local_runner
+from pipeline import eval_config as eval_config_lib
 
 IMAGE = "europe-docker.pkg.dev/project/lvseg/lvseg:1.2.3"
 PIPELINE_ROOT = "gs://bucket/root"
@@ -164,9 +165,9 @@ def test_runtime_parameters_are_declared_with_their_defaults(compiled):
     assert training["model"] == configs.DEFAULT_TRAINING.model
     eval_config = proto_utils.json_to_proto(
         parameters[configs.EVAL_CONFIG_PARAMETER].default_value.string_value, tfma.EvalConfig())
-    [dice] = [m for spec_ in eval_config.metrics_specs for m in spec_.metrics
-              if m.class_name == configs.DICE_METRIC_CLASS]
-    assert dice.threshold.value_threshold.lower_bound.value == configs.MIN_DICE
+    overall = eval_config_lib.overall_dice_threshold(eval_config)
+    assert overall.value_threshold.lower_bound.value == configs.MIN_DICE
+    assert eval_config == eval_config_lib.build_eval_config()  # slice gate included
 
     def parameter_source(task, name):
         return spec.root.dag.tasks[task].inputs.parameters[name].component_input_parameter
@@ -231,6 +232,17 @@ def test_without_baseline_there_is_no_resolver(tmp_path, no_network):
     assert "baseline_model" not in spec.root.dag.tasks["Evaluator"].inputs.artifacts
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
     assert all("resolver" not in executor for executor in executors.values())
+
+
+@pytest.mark.parametrize("options, expected", [
+    (["--max-slice-dice-drop", "0.1"], dict(max_slice_dice_drop=0.1)),
+    (["--no-slice-gate"], dict(max_slice_dice_drop=None)),
+])
+def test_slice_gate_options_set_the_eval_config_default(tmp_path, no_network, options, expected):
+    _, spec = _load_job(_compile(tmp_path / "lv.json", *options))
+    default = spec.root.input_definitions.parameters[configs.EVAL_CONFIG_PARAMETER]
+    eval_config = proto_utils.json_to_proto(default.default_value.string_value, tfma.EvalConfig())
+    assert eval_config == eval_config_lib.build_eval_config(**expected)
 
 
 def test_yaml_output_is_the_pipeline_spec_with_defaults(tmp_path, no_network):

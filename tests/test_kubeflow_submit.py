@@ -14,6 +14,7 @@ from tfx.utils import proto_utils
 import tensorflow_model_analysis as tfma
 from kubeflow import cli, submit
 from pipeline import configs
+from pipeline import eval_config as eval_config_lib
 
 RUN_ID = "run-0001"
 EXPERIMENT_ID = "experiment-0001"
@@ -102,9 +103,13 @@ def test_submit_uploads_the_spec_and_starts_a_run(pipelines_api, package, capsys
                                             tfma.EvalConfig())
     [dice] = [m for s in eval_config.metrics_specs for m in s.metrics
               if m.class_name == configs.DICE_METRIC_CLASS]
-    assert dice.threshold.value_threshold.lower_bound.value == pytest.approx(0.9)
-    # the rest of the gate is the compiled one
-    assert dice.threshold.change_threshold.direction == tfma.MetricDirection.HIGHER_IS_BETTER
+    assert not dice.HasField("threshold")  # a MetricConfig.threshold applies to every slice
+    overall = eval_config_lib.overall_dice_threshold(eval_config)
+    assert overall.value_threshold.lower_bound.value == pytest.approx(0.9)
+    # the rest of the gate is the compiled one, the slice gate included
+    assert overall.change_threshold.direction == tfma.MetricDirection.HIGHER_IS_BETTER
+    eval_config_lib.set_min_dice(eval_config, configs.MIN_DICE)
+    assert eval_config == eval_config_lib.build_eval_config()
 
 
 def test_without_overrides_the_run_uses_the_compiled_defaults(pipelines_api, package):

@@ -76,11 +76,24 @@ def test_gate_thresholds_on_dice():
     dice_config = next(m for m in metrics if m.class_name == configs.DICE_METRIC_CLASS)
     assert dice_config.module == "trainer.dice"
     assert json.loads(dice_config.config)["name"] == dice.METRIC_NAME
-    threshold = dice_config.threshold
+    threshold = eval_config.overall_dice_threshold(config)
     assert threshold.value_threshold.lower_bound.value == 0.9
     assert threshold.change_threshold.direction == tfma.MetricDirection.HIGHER_IS_BETTER
     assert threshold.change_threshold.absolute.value == pytest.approx(-0.02)
     assert config.model_specs[0].preprocessing_function_names == ["transform_features"]
+
+
+def test_the_slice_gate_reaches_the_evaluator():
+    def per_bucket_bounds(pipeline):
+        config = json.loads(_components(pipeline)["Evaluator"].exec_properties["eval_config"])
+        [dice_config] = [m for spec in config["metrics_specs"] for m in spec["metrics"]
+                         if m["class_name"] == configs.DICE_METRIC_CLASS]
+        return [t["threshold"]["change_threshold"]["absolute"]
+                for t in dice_config["per_slice_thresholds"]
+                if t["slicing_specs"] == [{"feature_keys": ["lv_size"]}]]
+    assert per_bucket_bounds(_pipeline()) == [pytest.approx(-configs.MAX_SLICE_DICE_DROP)]
+    assert per_bucket_bounds(_pipeline(max_slice_dice_drop=0.2)) == [pytest.approx(-0.2)]
+    assert per_bucket_bounds(_pipeline(max_slice_dice_drop=None)) == []
 
 
 def test_negative_allowed_drop_is_rejected():

@@ -10,18 +10,37 @@ signature                input                                       output
 ``serving_raw_image``    ``image``: pixel values ``[N, 256, 256]``   same as above
                          int64, as the records hold them
 ``transform_features``   ``examples``: serialized tf.Examples with   the transformed features
-                         labels                                      (``image``, ``label``); the
-                                                                     Evaluator reads labels here
+                         labels (``pixel_spacing`` optional)         (``image``, ``label``) and
+                                                                     the evaluation features
+                                                                     below; the Evaluator reads
+                                                                     labels and slices here
 =======================  ==========================================  ===========================
 
 Both prediction signatures run the transform graph saved by the Transform component; the raw one
 first encodes the pixels into ``image_raw`` bytes in the graph, so there is one normalisation,
 never a copy of it.
+
+Evaluation features (``transform_features`` only; requests to the prediction signatures carry
+nothing but ``image_raw``):
+
+- ``lv_size`` string ``[N]``: the LV size bucket of the expert mask
+  (:func:`trainer.slices.lv_size_bucket`), the slice the Evaluator gates per bucket on;
+- ``pixel_area_mm2`` float32 ``[N]``: mm^2 of one pixel (row spacing x column spacing) from the
+  optional ``pixel_spacing`` feature, **0 when the example has none** (the generated data, the
+  lab's records). The curated schema declares ``pixel_spacing`` as two floats with presence 0, so
+  Transform's raw feature spec holds it as a VarLenFeature (and an inferred schema on data
+  without it not at all): the signature parses it with its own spec, a fixed ``[2]`` with a
+  ``[0, 0]`` default (the schema, checked before Transform, guarantees two values).
+  :mod:`trainer.area_metric` turns it into the LV area error in mm^2.
 """
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from trainer import dice, preprocessing, records
+from trainer import dice, preprocessing, records, slices
+
+PIXEL_AREA_FEATURE = "pixel_area_mm2"
+# Absent in most records: parsed with a default of 0 mm, which pixel_area_mm2 reads as unknown.
+PIXEL_SPACING_SPEC = tf.io.FixedLenFeature([2], tf.float32, default_value=[0.0, 0.0])
 
 SERVING_DEFAULT = "serving_default"
 SERVING_RAW_IMAGE = "serving_raw_image"
@@ -38,6 +57,30 @@ def _predict(model: tf.keras.Model, raw_features: dict) -> dict:
     logits = model(transformed[preprocessing.IMAGE_FEATURE], training=False)
     probabilities = dice.lv_probability(logits)
     return {PROBABILITIES_OUTPUT: probabilities, MASK_OUTPUT: dice.lv_mask(probabilities)}
+
+
+def pixel_area_mm2(pixel_spacing) -> tf.Tensor:
+    """mm^2 per pixel ``[N]`` from ``(row mm, column mm)`` spacings ``[N, 2]``; 0 where a spacing
+    is not positive (the parse default of an example without ``pixel_spacing``)."""
+    spacing = tf.reshape(tf.cast(pixel_spacing, tf.float32), [-1, 2])
+    known = tf.reduce_all(spacing > 0.0, axis=1)
+    return tf.where(known, spacing[:, 0] * spacing[:, 1], tf.zeros_like(spacing[:, 0]))
+
+
+def evaluation_features(label, pixel_spacing) -> dict:
+    """The features ``transform_features`` adds for the Evaluator, from the transformed label
+    ``[N, 256, 256]`` and the parsed ``pixel_spacing`` ``[N, 2]`` (see the module docstring)."""
+    return {slices.LV_SIZE_FEATURE: slices.lv_size_bucket(label),
+            PIXEL_AREA_FEATURE: pixel_area_mm2(pixel_spacing)}
+
+
+def parse_labelled_examples(examples, labelled_spec: dict):
+    """Parses serialized examples for ``transform_features``: ``(raw features for the transform
+    graph, pixel spacing [N, 2])``."""
+    parsed = tf.io.parse_example(
+        examples, {**labelled_spec, records.PIXEL_SPACING_KEY: PIXEL_SPACING_SPEC})
+    spacing = parsed.pop(records.PIXEL_SPACING_KEY)
+    return parsed, spacing
 
 
 def build_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput) -> dict:
@@ -63,7 +106,10 @@ def build_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransform
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def transform_features(examples):
-        return model.tft_layer(tf.io.parse_example(examples, labelled_spec))
+        raw_features, spacing = parse_labelled_examples(examples, labelled_spec)
+        transformed = dict(model.tft_layer(raw_features))
+        transformed.update(evaluation_features(transformed[preprocessing.LABEL_FEATURE], spacing))
+        return transformed
 
     return {
         SERVING_DEFAULT: serve_examples.get_concrete_function(),
