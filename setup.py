@@ -29,6 +29,7 @@ setup(
         "numpy<2",
         "scipy",
         "pillow",
+        "matplotlib",
         "tqdm",
     ],
     extras_require={"test": ["pytest"]},

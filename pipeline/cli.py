@@ -3,6 +3,8 @@
     lvseg data synth --out DIR [--patients N --slices N --seed S]    write the generated data
     lvseg data check DIR                                   check records against the lab schema
     lvseg run [--data-root DIR --output-root DIR --runner beam|local ...]    run the pipeline
+    lvseg report [--pipeline-root DIR]        the run report + model card (every run writes it)
+    lvseg drift --request-log-dir DIR         served inputs against the training data (TFDV)
     lvseg serve / predict / models-config     serving (see serving/cli.py)
     lvseg kubeflow compile / submit           Kubeflow Pipelines (see kubeflow/cli.py)
 """
@@ -12,7 +14,8 @@ import os
 import sys
 import time
 
-from pipeline import configs
+from pipeline import configs, drift_cli
+from pipeline.report import cli as report_cli
 from kubeflow import cli as kubeflow_cli
 from serving import cli as serving_cli
 
@@ -97,6 +100,7 @@ def _add_run_command(subparsers) -> None:
                      help="push only if eval Dice is at least this")
     run.add_argument("--max-dice-drop", type=float, default=configs.MAX_DICE_DROP,
                      help="push only if eval Dice is at most this below the blessed model's")
+    _add_slice_gate_options(run)
     schema = run.add_mutually_exclusive_group()
     schema.add_argument("--schema", default=configs.CURATED_SCHEMA_PATH,
                         help="curated schema to validate against (default: the checked-in one)")
@@ -114,6 +118,21 @@ def _add_run_command(subparsers) -> None:
     run.add_argument("--skip-data-check", action="store_true",
                      help="do not read every record before starting (for large data sets)")
     run.set_defaults(handler=_run)
+
+
+def _add_slice_gate_options(parser) -> None:
+    slice_gate = parser.add_mutually_exclusive_group()
+    slice_gate.add_argument(
+        "--max-slice-dice-drop", type=float, default=configs.MAX_SLICE_DICE_DROP,
+        metavar="DROP", help="push only if, on each LV size bucket (empty/small/mid/large), "
+                             "eval Dice is at most this below the blessed model's on that "
+                             f"bucket (default {configs.MAX_SLICE_DICE_DROP})")
+    slice_gate.add_argument("--no-slice-gate", action="store_true",
+                            help="gate on overall Dice only")
+
+
+def _max_slice_dice_drop(args):
+    return None if args.no_slice_gate else args.max_slice_dice_drop
 
 
 def _data_synth(args) -> int:
@@ -172,6 +191,7 @@ def _run(args) -> int:
         normalization=args.normalization,
         min_dice=args.min_dice,
         max_dice_drop=args.max_dice_drop,
+        max_slice_dice_drop=_max_slice_dice_drop(args),
         beam_args=args.beam_args or configs.DEFAULT_BEAM_ARGS,
         enable_cache=not args.no_cache,
         dicom_root=args.dicom_root, contour_root=args.contour_root, link_path=args.link,
@@ -197,7 +217,18 @@ def _run(args) -> int:
     summary = run_summary.read_run_summary(os.path.abspath(run.metadata_path),
                                            run.pipeline_name)
     _print_summary(summary, run, time.time() - started)
-    return 0
+    return _write_report(run)
+
+
+def _write_report(run) -> int:
+    """Every run ends with its report (and the model card beside a pushed version). The run's
+    outcome is already in ML Metadata: a report that fails is said, not a failed run."""
+    try:
+        return report_cli.write_and_print(run.pipeline_root)
+    except Exception as exc:  # noqa: BLE001  (the pipeline's results stand; say what failed)
+        print(f"  report         not written: {_root_cause(exc)} (retry: lvseg report "
+              f"--pipeline-root {run.pipeline_root})", file=sys.stderr)
+        return 0
 
 
 def _train_steps(args) -> int:
@@ -228,6 +259,9 @@ def _print_summary(summary, run, seconds: float) -> None:
                 f", and at most {run.max_dice_drop} below the blessed model's "
                 f"{summary.baseline_dice:.4f}") + ")",
              f"  blessed        {'yes' if summary.blessed else 'no'}"]
+    if summary.baseline_dice is not None and run.max_slice_dice_drop is not None:
+        lines.insert(-1, f"                 (and on each LV size bucket at most "
+                         f"{run.max_slice_dice_drop} below the blessed model's)")
     lines += [f"                 {failure}" for failure in summary.validation_failures]
     if summary.pushed:
         base_path = os.path.dirname(summary.pushed_path)
@@ -249,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_data_commands(subparsers)
     _add_run_command(subparsers)
+    report_cli.register(subparsers)
+    drift_cli.register(subparsers)
     serving_cli.register(subparsers)
     kubeflow_cli.register(subparsers)
     return parser

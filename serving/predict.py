@@ -192,12 +192,18 @@ def lv_contour(mask: np.ndarray) -> np.ndarray:
     return inside & ~ndimage.binary_erosion(inside, border_value=0)
 
 
-def overlay_rgb(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The slice windowed to 8-bit grey with the LV contour drawn over it, ``[H, W, 3]`` uint8."""
+def grey_rgb(image: np.ndarray) -> np.ndarray:
+    """The slice windowed to 8-bit grey, ``[H, W, 3]`` uint8 (see ``WINDOW_PERCENTILES``)."""
     low, high = np.percentile(image, WINDOW_PERCENTILES)
     grey = np.clip((image - low) / max(high - low, 1e-6), 0.0, 1.0) * 255.0
-    rgb = np.repeat(grey.astype(np.uint8)[..., np.newaxis], 3, axis=-1)
-    rgb[lv_contour(mask)] = CONTOUR_RGB
+    return np.repeat(grey.astype(np.uint8)[..., np.newaxis], 3, axis=-1)
+
+
+def overlay_rgb(image: np.ndarray, mask: np.ndarray,
+                contour_rgb: Tuple[int, int, int] = CONTOUR_RGB) -> np.ndarray:
+    """The slice windowed to 8-bit grey with the LV contour drawn over it, ``[H, W, 3]`` uint8."""
+    rgb = grey_rgb(image)
+    rgb[lv_contour(mask)] = contour_rgb
     return rgb
 
 
