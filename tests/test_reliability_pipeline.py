@@ -295,6 +295,8 @@ def test_a_run_killed_during_training_resumes_from_the_cache(tiny_data_root, tmp
     # the same outcome as a run that was never interrupted: blessed, one version pushed
     summary = run_summary.read_run_summary(run.metadata_path, run.pipeline_name)
     assert summary.blessed and summary.pushed and not summary.push_reused
-    assert os.listdir(run.serving_model_dir) == [summary.pushed_version]
+    # one version folder (beside it, only its model card) and no leftover of the killed run
+    assert sorted(os.listdir(run.serving_model_dir)) == [
+        summary.pushed_version, summary.pushed_version + ".model_card.md"]
     assert os.path.isfile(os.path.join(summary.pushed_path, "saved_model.pb"))
     assert "pushed         version" in rerun.stdout
