@@ -72,6 +72,8 @@ TRAINING_CONFIG_PARAMETER = "training_config"
 # see the README for multi-processing, Flink, Spark and Dataflow.
 DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 
+METADATA_FILE = "metadata.sqlite"  # ML Metadata's SQLite store, in the pipeline root
+
 
 def pipeline_root(output_root: str, pipeline_name: str = PIPELINE_NAME) -> str:
     return os.path.join(output_root, "pipeline_root", pipeline_name)
@@ -79,7 +81,7 @@ def pipeline_root(output_root: str, pipeline_name: str = PIPELINE_NAME) -> str:
 
 def metadata_path(output_root: str, pipeline_name: str = PIPELINE_NAME) -> str:
     """The SQLite ML Metadata store, under the pipeline root."""
-    return os.path.join(pipeline_root(output_root, pipeline_name), "metadata.sqlite")
+    return os.path.join(pipeline_root(output_root, pipeline_name), METADATA_FILE)
 
 
 def serving_model_dir(output_root: str, model_name: str = MODEL_NAME) -> str:

@@ -320,8 +320,7 @@ def write_report(pipeline_root: str, out_dir: Optional[str] = None,
     pipeline_root = os.path.abspath(pipeline_root)
     out_dir = os.path.abspath(out_dir or default_out_dir(pipeline_root))
     drift_path = drift_path or default_drift_path(pipeline_root)
-    facts = read_run_facts(os.path.join(pipeline_root, os.path.basename(
-        configs.metadata_path("", ""))), pipeline_name)
+    facts = read_run_facts(os.path.join(pipeline_root, configs.METADATA_FILE), pipeline_name)
 
     rows = sliced_rows(facts.summary.evaluation_uri)
     rules = gate_lib.gate_rules(gate_lib.load_eval_config(facts.summary.evaluation_uri)
