@@ -18,8 +18,8 @@ LIMITATIONS = [
     "Trained on {data}. Performance on other scanners, field strengths, sequences, "
     "pathologies or paediatric hearts is unknown.",
     "The eval split is small; per-slice figures with few images are noisy.",
-    "LV means the endocardial blood pool as traced in the Sunnybrook expert contours "
-    "(papillary muscles included in the blood pool); other contouring conventions differ.",
+    "LV means the blood pool inside the endocardial contour, as the Sunnybrook expert contours "
+    "trace it; other contouring conventions (papillary muscles, basal slices) differ.",
     "Images are centre-cropped or padded to 256x256; areas in mm^2 need the pixel spacing, "
     "which the generated data does not have.",
     "Empty-LV slices (above the apex, below the base) count fully: one false LV pixel on such "
