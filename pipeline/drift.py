@@ -88,7 +88,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from trainer import records
+from trainer import preprocessing, records
 
 FEATURES: Dict[str, str] = {
     "mean_intensity": "mean pixel value (brightness; gain and offset)",
@@ -121,7 +121,6 @@ EXAMPLE_GEN_NODES = ("ImportExampleGen", "SunnybrookExampleGen")
 EXAMPLES_OUTPUT = "examples"
 TRAIN_SPLIT_DIR = "Split-train"  # in an ExampleGen output
 DATA_ROOT_TRAIN_DIR = "train"  # in a data root (configs.SPLIT_PATTERNS)
-_PERCENTILE_HIGH = 99.0
 
 
 # --- per-image features --------------------------------------------------------------------------
@@ -131,8 +130,8 @@ def image_features(image: np.ndarray) -> Dict[str, float]:
     """The intensity statistics of one image (see the module docstring)."""
     pixels = np.sort(np.asarray(image, dtype=np.float64).ravel())
     count = pixels.size
-    # trainer.preprocessing's rule for the 99th percentile: the k-th largest value.
-    rank_from_top = int(round(count * (100.0 - _PERCENTILE_HIGH) / 100.0)) + 1
+    # The intensity the default normalisation divides by (trainer.preprocessing's rule).
+    rank_from_top = preprocessing.percentile_rank_from_top(count)
     return {
         "mean_intensity": float(pixels.mean()),
         "std_intensity": float(pixels.std()),

@@ -65,15 +65,18 @@ def encode_image_raw(pixels: tf.Tensor) -> tf.Tensor:
     return tf.map_fn(one_image, pixels, fn_output_signature=tf.TensorSpec([], tf.string))
 
 
+def percentile_rank_from_top(num_pixels: int = records.NUM_PIXELS) -> int:
+    """The ``PERCENTILE`` intensity of an image is its k-th largest pixel value, this k."""
+    return int(round(num_pixels * (100.0 - PERCENTILE) / 100.0)) + 1
+
+
 def normalize_image(pixels: tf.Tensor, normalization: str = DEFAULT_NORMALIZATION) -> tf.Tensor:
     """Scales float pixels ``[N, H, W, 1]``; see the module docstring for the methods."""
     if normalization == "lab":
         return pixels * LAB_SCALE
     if normalization == "percentile":
         flat = tf.reshape(pixels, [tf.shape(pixels)[0], -1])
-        num_pixels = records.NUM_PIXELS
-        rank_from_top = int(round(num_pixels * (100.0 - PERCENTILE) / 100.0)) + 1
-        high = tf.math.top_k(flat, k=rank_from_top, sorted=True).values[:, -1]
+        high = tf.math.top_k(flat, k=percentile_rank_from_top(), sorted=True).values[:, -1]
         high = tf.maximum(high, 1.0)  # an all-dark image stays dark instead of dividing by 0
         return pixels / tf.reshape(high, [-1, 1, 1, 1])
     raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
