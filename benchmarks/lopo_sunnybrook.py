@@ -54,7 +54,8 @@ def run_fold(data_root: str, output_root: str, args) -> dict:
     command = [os.path.join(os.path.dirname(sys.executable), "lvseg"), "run",
                "--data-root", data_root, "--output-root", output_root,
                "--train-steps", str(args.train_steps), "--synthetic-mix", str(args.synthetic_mix),
-               "--unet-norm", args.unet_norm, "--min-dice", "0"]
+               "--unet-norm", args.unet_norm, "--dice-loss-weight", str(args.dice_loss_weight),
+               "--min-dice", "0"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     log_path = os.path.join(output_root, "run.log")
@@ -77,6 +78,8 @@ def main(argv=None) -> int:
     parser.add_argument("--train-steps", type=int, default=600)
     parser.add_argument("--synthetic-mix", type=float, default=configs.DICOM_SYNTHETIC_MIX)
     parser.add_argument("--unet-norm", default=configs.DEFAULT_TRAINING.unet_norm)
+    parser.add_argument("--dice-loss-weight", type=float,
+                        default=configs.DEFAULT_TRAINING.dice_loss_weight)
     parser.add_argument("--work-dir", help="keep the folds' data and outputs here")
     parser.add_argument("--patients", nargs="*", help="evaluate only these patients")
     args = parser.parse_args(argv)
@@ -102,6 +105,7 @@ def main(argv=None) -> int:
         "train_steps": args.train_steps,
         "synthetic_mix": args.synthetic_mix,
         "unet_norm": args.unet_norm,
+        "dice_loss_weight": args.dice_loss_weight,
         "labelled_slices": len(slices),
         "skipped": ingest["skipped"],
         "folds": folds,

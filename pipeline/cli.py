@@ -91,6 +91,8 @@ def _add_run_command(subparsers) -> None:
     run.add_argument("--batch-size", type=int, default=defaults.batch_size)
     run.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument("--dice-loss-weight", type=float, default=defaults.dice_loss_weight,
+                     help="weight of the soft-Dice term beside cross-entropy in the loss")
     run.add_argument("--synthetic-mix", type=float, default=None, metavar="SHARE",
                      help="share of training examples drawn from generated slices (default "
                           f"{configs.DICOM_SYNTHETIC_MIX} with --dicom-root, else 0)")
@@ -187,6 +189,7 @@ def _run(args) -> int:
         train_steps=_train_steps(args),
         training=dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                       learning_rate=args.learning_rate, seed=args.seed,
+                      dice_loss_weight=args.dice_loss_weight,
                       synthetic_mix=_synthetic_mix(args), unet_norm=args.unet_norm),
         normalization=args.normalization,
         min_dice=args.min_dice,
