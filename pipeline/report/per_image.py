@@ -93,6 +93,7 @@ def load_predictor(saved_model_dir: str):
 def evaluate(predict, files: List[str], max_images: int = DEFAULT_MAX_IMAGES,
              keep: int = DEFAULT_KEEP, progress: bool = True) -> PerImageResult:
     """Scores every image of ``files`` (up to ``max_images``) with ``predict``."""
+    from serving import predict as predict_lib
     from trainer import dice, slices
     from tqdm import tqdm
 
@@ -113,14 +114,13 @@ def evaluate(predict, files: List[str], max_images: int = DEFAULT_MAX_IMAGES,
         probabilities = predict(images)
         dice_values = dice.dice_per_image(labels, probabilities).numpy()
         buckets = [b.decode() for b in slices.lv_size_bucket(labels).numpy()]
-        predicted = (probabilities > dice.LV_PROBABILITY_THRESHOLD).astype(np.uint8)
+        predicted = dice.lv_mask(probabilities).numpy().astype(np.uint8)
         for index, item in enumerate(batch):
-            expert_pixels = int(labels[index].sum())
-            predicted_pixels = int(predicted[index].sum())
-            area_error = None
-            if item.pixel_spacing is not None:
-                area_error = abs(predicted_pixels - expert_pixels) * float(
-                    item.pixel_spacing[0] * item.pixel_spacing[1])
+            expert_pixels, expert_mm2 = predict_lib.lv_area(labels[index], item.pixel_spacing)
+            predicted_pixels, predicted_mm2 = predict_lib.lv_area(predicted[index],
+                                                                  item.pixel_spacing)
+            area_error = (None if expert_mm2 is None
+                          else abs(predicted_mm2 - expert_mm2))
             score = ImageScore(name=item.name, patient_id=item.patient_id,
                                lv_size=buckets[index], dice=float(dice_values[index]),
                                expert_pixels=expert_pixels, predicted_pixels=predicted_pixels,
