@@ -5,7 +5,8 @@ none of which the local runs here have. This component does the same job with th
 stand-in (``serving.model_server``): it serves the Trainer's SavedModel on a free 127.0.0.1 port,
 in process, and sends generated slices to both prediction signatures over real gRPC, checking
 the model status and metadata, the output shapes and dtypes, that the mask is the
-probability's mask (``trainer.dice.lv_mask``) and that both signatures agree.
+post-processed mask of the probabilities (``trainer.postprocess.lv_mask``) and that both
+signatures agree.
 
 Its output is an ``InfraBlessing`` marked as InfraValidator marks it (custom property
 ``blessed`` 1 or 0, an ``INFRA_BLESSED`` / ``INFRA_NOT_BLESSED`` file), so the Pusher's
@@ -48,7 +49,7 @@ def _stage_as_version(model_path: str, staging_root: str, model_name: str) -> st
 
 
 def _check_prediction(name: str, result, num_slices: int) -> List[str]:
-    from trainer import dice, records, signatures
+    from trainer import postprocess, records, signatures
 
     problems = []
     expected_shape = (num_slices,) + records.IMAGE_SHAPE
@@ -63,9 +64,9 @@ def _check_prediction(name: str, result, num_slices: int) -> List[str]:
         problems.append(f"{name}: the response names signature {result.signature_name!r}")
     if not ((result.probabilities >= 0) & (result.probabilities <= 1)).all():
         problems.append(f"{name}: probabilities outside [0, 1]")
-    elif not np.array_equal(result.masks, dice.lv_mask(result.probabilities).numpy()):
-        problems.append(f"{name}: the {signatures.MASK_OUTPUT} is not the mask of the "
-                        f"{signatures.PROBABILITIES_OUTPUT}")
+    elif not np.array_equal(result.masks, postprocess.lv_mask(result.probabilities).numpy()):
+        problems.append(f"{name}: the {signatures.MASK_OUTPUT} is not the post-processed mask "
+                        f"of the {signatures.PROBABILITIES_OUTPUT}")
     return problems
 
 

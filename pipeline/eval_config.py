@@ -1,7 +1,9 @@
 """The Evaluator's TFMA configuration: segmentation metrics overall and per slice, and the gate.
 
 TFMA feeds the raw eval examples through the model's ``transform_features`` signature to get the
-labels and the slicing features, and reads the LV probabilities of ``serving_default``.
+labels and the slicing features, and scores the ``mask`` of ``serving_default``: the
+post-processed answer services receive (:mod:`trainer.postprocess`), not a threshold of a
+probability they never see.
 
 Metrics (every one on every slice):
 
@@ -102,7 +104,7 @@ def build_eval_config(min_dice: float = configs.MIN_DICE,
             signature_name=signatures.SERVING_DEFAULT,
             preprocessing_function_names=[signatures.TRANSFORM_FEATURES],
             label_key=preprocessing.LABEL_FEATURE,
-            prediction_key=signatures.PROBABILITIES_OUTPUT)],
+            prediction_key=signatures.MASK_OUTPUT)],
         slicing_specs=[OVERALL, BY_PATIENT, BY_LV_SIZE],
         metrics_specs=[tfma.MetricsSpec(metrics=[
             _metric("ExampleCount"),

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline import cli, local_runner, run_summary
-from trainer import dice, records, signatures
+from trainer import dice, postprocess, records, signatures
 
 pytestmark = pytest.mark.e2e
 
@@ -96,10 +96,10 @@ def test_pushed_model_serves_both_signatures_with_the_same_mask(local_root, tiny
                                   from_pixels[signatures.MASK_OUTPUT].numpy())
     np.testing.assert_allclose(from_examples[signatures.PROBABILITIES_OUTPUT].numpy(),
                                from_pixels[signatures.PROBABILITIES_OUTPUT].numpy(), atol=1e-6)
-    # the serving mask is the one Dice is computed on
+    # the served mask is the post-processed mask of the served probabilities
     np.testing.assert_array_equal(
         from_examples[signatures.MASK_OUTPUT].numpy(),
-        dice.lv_mask(from_examples[signatures.PROBABILITIES_OUTPUT]).numpy())
+        postprocess.lv_mask(from_examples[signatures.PROBABILITIES_OUTPUT]).numpy())
 
 
 def test_a_model_worse_than_the_blessed_one_is_not_pushed(local_root, tiny_data_root):
@@ -197,3 +197,11 @@ def test_dicom_folders_train_gate_and_push(tmp_path, capsys):
     assert len(eval_slices) == 3
     assert {s.patient_id for s in eval_slices} == set(ingest["splits"]["eval"]["patients"])
     assert all(s.pixel_spacing is not None for s in eval_slices)
+    # DICOM runs export flip averaging by default: averaged over all four flips, the served
+    # probability of a flipped image is the flipped probability (a plain net is not symmetric).
+    predict = tf.saved_model.load(summary.pushed_path).signatures[signatures.SERVING_RAW_IMAGE]
+    image = eval_slices[0].image[np.newaxis]
+    probability = predict(image=tf.constant(image))[signatures.PROBABILITIES_OUTPUT].numpy()
+    flipped = predict(image=tf.constant(image[:, :, ::-1].copy()))[
+        signatures.PROBABILITIES_OUTPUT].numpy()
+    np.testing.assert_allclose(flipped, probability[:, :, ::-1], atol=1e-5)

@@ -42,6 +42,9 @@ class TrainingConfig:
     # the net (measured on the Sunnybrook subset: README, "Training on real patients").
     synthetic_mix: float = 0.0
     synthetic_patients: int = 20  # generated patients (13 slices each) when synthetic_mix > 0
+    # Export option: the serving signatures average the LV probability over the four flips of
+    # the image (trainer.tta); four forward passes per image (README, "Training on real patients").
+    test_time_flips: bool = False
 
     @classmethod
     def from_custom_config(cls, custom_config: Optional[dict]) -> "TrainingConfig":
@@ -117,11 +120,17 @@ def input_dataset(file_pattern, data_accessor, tf_transform_output: tft.TFTransf
     dataset = dataset.map(lambda features, label: (features[preprocessing.IMAGE_FEATURE], label))
     if not training:
         return dataset.cache().prefetch(tf.data.AUTOTUNE)
-    dataset = dataset.unbatch().cache()
-    dataset = dataset.shuffle(config.shuffle_buffer, seed=config.seed).repeat()
-    if config.synthetic_mix:
-        generated = synthetic_examples(config, tf_transform_output).cache()
-        generated = generated.shuffle(config.shuffle_buffer, seed=config.seed).repeat()
+    generated = synthetic_examples(config, tf_transform_output) if config.synthetic_mix else None
+    return training_batches(dataset.unbatch(), generated, config, batch_size)
+
+
+def training_batches(examples: tf.data.Dataset, generated: Optional[tf.data.Dataset],
+                     config: TrainingConfig, batch_size: int) -> tf.data.Dataset:
+    """Endless augmented training batches from (image, label) examples: cached, shuffled and,
+    with ``generated`` examples, mixed with ``config.synthetic_mix`` of them."""
+    dataset = examples.cache().shuffle(config.shuffle_buffer, seed=config.seed).repeat()
+    if generated is not None:
+        generated = generated.cache().shuffle(config.shuffle_buffer, seed=config.seed).repeat()
         dataset = tf.data.Dataset.sample_from_datasets(
             [dataset, generated], weights=[1.0 - config.synthetic_mix, config.synthetic_mix],
             seed=config.seed)
@@ -186,5 +195,6 @@ def run_fn(fn_args: tfx.components.FnArgs):
         verbose=2)
 
     model.save(fn_args.serving_model_dir, save_format="tf",
-               signatures=signatures.build_signatures(model, tf_transform_output))
+               signatures=signatures.build_signatures(model, tf_transform_output,
+                                                      test_time_flips=config.test_time_flips))
     logging.info("Exported SavedModel to %s", fn_args.serving_model_dir)

@@ -6,7 +6,8 @@ signature                input                                       output
 ``serving_default``      ``examples``: serialized lab-schema         ``probabilities`` float32
                          tf.Examples ``[N]`` (only ``image_raw`` is  ``[N, 256, 256]`` (LV),
                          read), the TFX convention                   ``mask`` int32 ``[N, 256,
-                                                                     256]`` (1 = LV)
+                                                                     256]`` (1 = LV), the
+                                                                     post-processed answer
 ``serving_raw_image``    ``image``: pixel values ``[N, 256, 256]``   same as above
                          int64, as the records hold them
 ``transform_features``   ``examples``: serialized tf.Examples with   the transformed features
@@ -18,7 +19,10 @@ signature                input                                       output
 
 Both prediction signatures run the transform graph saved by the Transform component; the raw one
 first encodes the pixels into ``image_raw`` bytes in the graph, so there is one normalisation,
-never a copy of it.
+never a copy of it. ``probabilities`` is the network's LV probability, averaged over the four
+flips of the image when the model was trained with ``test_time_flips`` (:mod:`trainer.tta`);
+``mask`` is :func:`trainer.postprocess.lv_mask` of it (one region, closed, holes filled): the
+answer services use and the Evaluator scores.
 
 Evaluation features (``transform_features`` only; requests to the prediction signatures carry
 nothing but ``image_raw``):
@@ -36,7 +40,7 @@ nothing but ``image_raw``):
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from trainer import dice, preprocessing, records, slices
+from trainer import dice, postprocess, preprocessing, records, slices, tta
 
 PIXEL_AREA_FEATURE = "pixel_area_mm2"
 # Absent in most records: parsed with a default of 0 mm, which pixel_area_mm2 reads as unknown.
@@ -52,11 +56,13 @@ PROBABILITIES_OUTPUT = "probabilities"
 MASK_OUTPUT = "mask"
 
 
-def _predict(model: tf.keras.Model, raw_features: dict) -> dict:
-    transformed = model.tft_layer(raw_features)
-    logits = model(transformed[preprocessing.IMAGE_FEATURE], training=False)
-    probabilities = dice.lv_probability(logits)
-    return {PROBABILITIES_OUTPUT: probabilities, MASK_OUTPUT: dice.lv_mask(probabilities)}
+def _predict(model: tf.keras.Model, raw_features: dict, test_time_flips: bool) -> dict:
+    images = model.tft_layer(raw_features)[preprocessing.IMAGE_FEATURE]
+    if test_time_flips:
+        probabilities = tta.flip_averaged_probability(model, images)
+    else:
+        probabilities = dice.lv_probability(model(images, training=False))
+    return {PROBABILITIES_OUTPUT: probabilities, MASK_OUTPUT: postprocess.lv_mask(probabilities)}
 
 
 def pixel_area_mm2(pixel_spacing) -> tf.Tensor:
@@ -83,8 +89,10 @@ def parse_labelled_examples(examples, labelled_spec: dict):
     return parsed, spacing
 
 
-def build_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput) -> dict:
-    """The signatures above, as concrete functions for ``model.save(signatures=...)``."""
+def build_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
+                     test_time_flips: bool = False) -> dict:
+    """The signatures above, as concrete functions for ``model.save(signatures=...)``;
+    ``test_time_flips`` bakes flip averaging (:mod:`trainer.tta`) into the prediction ones."""
     # Tracked as an attribute so the transform graph's assets are saved with the model.
     model.tft_layer = tf_transform_output.transform_features_layer()
     raw_feature_spec = tf_transform_output.raw_feature_spec()
@@ -95,14 +103,14 @@ def build_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransform
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def serve_examples(examples):
-        return _predict(model, tf.io.parse_example(examples, image_only_spec))
+        return _predict(model, tf.io.parse_example(examples, image_only_spec), test_time_flips)
 
     @tf.function(input_signature=[
         tf.TensorSpec([None, records.IMAGE_SIZE, records.IMAGE_SIZE], tf.int64, name=IMAGE_INPUT)])
     def serve_raw_image(image):
         image_raw = preprocessing.encode_image_raw(image)
         image_raw = tf.reshape(image_raw, [-1] + list(image_spec.shape))
-        return _predict(model, {records.IMAGE_KEY: image_raw})
+        return _predict(model, {records.IMAGE_KEY: image_raw}, test_time_flips)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
     def transform_features(examples):

@@ -76,7 +76,8 @@ def _batches(items: Iterator[records.Slice], size: int) -> Iterator[List[records
 
 
 def load_predictor(saved_model_dir: str):
-    """``image [N, 256, 256] int64 -> LV probabilities [N, 256, 256]`` of an exported model."""
+    """``image [N, 256, 256] int64 -> served LV masks [N, 256, 256]`` of an exported model (the
+    post-processed ``mask`` output: what services receive and the Evaluator scores)."""
     import tensorflow as tf
     from trainer import signatures
     loaded = tf.saved_model.load(saved_model_dir)
@@ -84,7 +85,7 @@ def load_predictor(saved_model_dir: str):
 
     def predict(images: np.ndarray) -> np.ndarray:
         outputs = function(**{signatures.IMAGE_INPUT: tf.constant(images, tf.int64)})
-        return outputs[signatures.PROBABILITIES_OUTPUT].numpy()
+        return outputs[signatures.MASK_OUTPUT].numpy()
 
     predict.keep_alive = loaded  # the signature needs its SavedModel object alive
     return predict
@@ -111,10 +112,9 @@ def evaluate(predict, files: List[str], max_images: int = DEFAULT_MAX_IMAGES,
         batch = batch[:max_images - len(scores)]
         images = np.stack([item.image for item in batch])
         labels = np.stack([item.mask for item in batch]).astype(np.int64)
-        probabilities = predict(images)
-        dice_values = dice.dice_per_image(labels, probabilities).numpy()
+        predicted = np.asarray(predict(images)).astype(np.uint8)
+        dice_values = dice.dice_per_image(labels, predicted).numpy()
         buckets = [b.decode() for b in slices.lv_size_bucket(labels).numpy()]
-        predicted = dice.lv_mask(probabilities).numpy().astype(np.uint8)
         for index, item in enumerate(batch):
             expert_pixels, expert_mm2 = predict_lib.lv_area(labels[index], item.pixel_spacing)
             predicted_pixels, predicted_mm2 = predict_lib.lv_area(predicted[index],
