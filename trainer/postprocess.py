@@ -22,7 +22,7 @@ import tensorflow as tf
 from trainer import dice, records
 
 CLOSING_RADIUS = 6  # pixels (~8 mm at Sunnybrook's 1.3-1.4 mm pixels)
-# Pooling steps between convergence checks of the iterative fills (cheap steps, fewer checks).
+# Steps of the iterative fills between convergence checks (cheap steps, fewer checks).
 _STEPS_PER_CHECK = 8
 
 
@@ -133,7 +133,8 @@ def _on_bounding_box(mask: tf.Tensor, operation, margin: int) -> tf.Tensor:
         top, left = tf.reduce_min(rows) - margin, tf.reduce_min(columns) - margin
         bottom, right = tf.reduce_max(rows) + margin + 1, tf.reduce_max(columns) + margin + 1
         result = operation(padded[:, top:bottom, left:right])
-        height, width = tf.cast(tf.shape(padded)[1], tf.int64), tf.cast(tf.shape(padded)[2], tf.int64)
+        height = tf.cast(tf.shape(padded)[1], tf.int64)
+        width = tf.cast(tf.shape(padded)[2], tf.int64)
         result = tf.pad(result, [[0, 0], [top, height - bottom], [left, width - right]])
         return tf.reshape(result[:, margin:-margin, margin:-margin], shape)
 

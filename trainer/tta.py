@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from trainer import dice
 
-# (flip rows, flip columns) of each view; flipping twice is the identity, so the same flip undoes it.
+# (flip rows, flip columns) of each view; a flip is its own inverse, so the same flip undoes it.
 _VIEWS = ((False, False), (False, True), (True, False), (True, True))
 
 
