@@ -30,7 +30,7 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks import lopo_sunnybrook  # noqa: E402
 from trainer import (dice, model as trainer_model, postprocess, preprocessing,  # noqa: E402
-                     synthetic_data, tta)
+                     tta)
 
 
 def _normalised(slices) -> tuple:
@@ -43,16 +43,15 @@ def _normalised(slices) -> tuple:
 def _train_dataset(train_slices, config: trainer_model.TrainingConfig) -> tf.data.Dataset:
     generated = None
     if config.synthetic_mix:
-        seed = 42 if config.seed is None else config.seed
-        generated = tf.data.Dataset.from_tensor_slices(_normalised(
-            synthetic_data.generate_slices(config.synthetic_patients, seed=seed)))
+        generated = tf.data.Dataset.from_tensor_slices(
+            _normalised(trainer_model.synthetic_slices(config)))
     return trainer_model.training_batches(
         tf.data.Dataset.from_tensor_slices(_normalised(train_slices)), generated, config,
         config.batch_size)
 
 
-def _dice(labels, probabilities=None, masks=None) -> float:
-    predictions = masks.astype(np.float32) if masks is not None else probabilities
+def _dice(labels, predictions) -> float:
+    """Mean per-image Dice of LV probabilities or 0/1 masks (``trainer.dice.lv_mask``)."""
     return float(np.mean(dice.dice_per_image(labels, predictions).numpy()))
 
 
@@ -74,7 +73,7 @@ def run_fold(slices, patient: str, config, train_steps: int, out_dir) -> dict:
     for name, probabilities in (("plain", plain), ("flips", flipped)):
         result[name] = round(_dice(labels, probabilities), 4)
         masks = postprocess.lv_mask(tf.constant(probabilities)).numpy()
-        result[f"{name}+postprocess"] = round(_dice(labels, masks=masks), 4)
+        result[f"{name}+postprocess"] = round(_dice(labels, masks), 4)
     if out_dir:
         np.savez_compressed(os.path.join(out_dir, f"{patient}.npz"), labels=labels,
                             plain=plain, flips=flipped,

@@ -15,9 +15,9 @@ The per-image mean is stricter than pooling all pixels of a batch (the lab's bat
 the per-image one): a small apical LV counts as much as a large basal one.
 
 Predictions may come as class scores ``[..., H, W, 2]`` (logits or probabilities; the mask is
-the argmax) or as LV probabilities ``[..., H, W]`` (the mask is ``p > 0.5``; a 0/1 mask is its own mask), so
-the Keras model's logits in training, probabilities and the served (post-processed,
-:mod:`trainer.postprocess`) mask in TFMA all go through one definition.
+the argmax) or as LV probabilities ``[..., H, W]`` (the mask is ``p > 0.5``; a 0/1 mask, of any
+dtype, is its own mask), so the Keras model's logits in training, probabilities and the served
+(post-processed, :mod:`trainer.postprocess`) mask in TFMA all go through one definition.
 
 :class:`PerImageMean` is the Keras metric base that averages a per-image score over images;
 :class:`DiceCoefficient` here and IoU / pixel accuracy in :mod:`trainer.seg_metrics` derive from it.

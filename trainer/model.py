@@ -80,16 +80,20 @@ def _distribution_strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+def synthetic_slices(config: TrainingConfig) -> list:
+    """The generated slices mixed into training: ``config.synthetic_patients`` patients of the
+    default data set's seeded generator, seed = the training seed, or 42."""
+    seed = 42 if config.seed is None else config.seed
+    return synthetic_data.generate_slices(config.synthetic_patients, seed=seed)
+
+
 def synthetic_examples(config: TrainingConfig, tf_transform_output: tft.TFTransformOutput,
                        batch_size: int = 16) -> tf.data.Dataset:
-    """(image, label) pairs of generated slices, through the same transform graph as the data.
-
-    The slices come from the seeded generator of the default data set (seed = the training seed,
-    or 42), serialized in the lab's schema, parsed and transformed exactly as a training record
+    """(image, label) pairs of :func:`synthetic_slices`, through the same transform graph as the
+    data: serialized in the lab's schema, parsed and transformed exactly as a training record
     would be, so normalisation is the Transform component's, never a copy of it.
     """
-    seed = 42 if config.seed is None else config.seed
-    slices = synthetic_data.generate_slices(config.synthetic_patients, seed=seed)
+    slices = synthetic_slices(config)
     serialized = [records.encode_slice(record) for record in slices]
     raw_spec = tf_transform_output.raw_feature_spec()
     labelled_spec = {key: raw_spec[key] for key in (records.IMAGE_KEY, records.LABEL_KEY)}
