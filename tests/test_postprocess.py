@@ -4,8 +4,8 @@ Hand-built masks where the answer is known, and random masks checked against Sci
 reference implementations of the same operations.
 """
 import numpy as np
-import pytest
 from scipy import ndimage
+from scipy.spatial import ConvexHull
 
 from trainer import tf_env  # noqa: F401  (before TensorFlow)
 import tensorflow as tf  # noqa: E402
@@ -18,11 +18,6 @@ YY, XX = np.mgrid[0:SIZE, 0:SIZE]
 
 def disk(cy, cx, radius):
     return (YY - cy) ** 2 + (XX - cx) ** 2 <= radius ** 2
-
-
-def structuring_disk(radius):
-    y, x = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-    return x * x + y * y <= radius * radius
 
 
 def random_masks(seed, count=3):
@@ -61,33 +56,55 @@ def test_the_most_probable_region_wins_not_the_largest():
     np.testing.assert_array_equal(kept > 0.5, confident)
 
 
-def test_fill_holes_matches_scipy_and_keeps_open_bays():
-    masks = random_masks(1)
-    filled = postprocess.fill_holes(tf.constant(masks.astype(np.float32))).numpy()
-    for mask, result in zip(masks, filled):
-        np.testing.assert_array_equal(result > 0.5, ndimage.binary_fill_holes(mask))
-    ring = disk(100, 100, 20) & ~disk(100, 100, 10)
-    bay = ring & ~((YY > 95) & (YY < 105) & (XX > 100))  # the ring cut open to the right
-    filled = postprocess.fill_holes(tf.constant(np.stack([ring, bay]).astype(np.float32))).numpy()
-    np.testing.assert_array_equal(filled[0] > 0.5, disk(100, 100, 20))
-    np.testing.assert_array_equal(filled[1] > 0.5, bay)
+def exact_hull(mask):
+    """The pixels whose centres lie in the convex hull of the mask's pixel centres (SciPy)."""
+    points = np.argwhere(mask).astype(float)
+    equations = ConvexHull(points).equations  # inside: normal . point + offset <= 0
+    centres = np.argwhere(np.ones_like(mask)).astype(float)
+    inside = (centres @ equations[:, :2].T + equations[:, 2] <= 1e-9).all(axis=1)
+    return inside.reshape(mask.shape)
 
 
-def test_hole_touching_the_image_border_is_not_a_hole():
-    mask = np.zeros((SIZE, SIZE), bool)
-    mask[0:20, 0:20] = True
-    mask[0:5, 5:10] = False  # a notch open to the top border
-    filled = postprocess.fill_holes(tf.constant(mask[None].astype(np.float32))).numpy()[0]
-    np.testing.assert_array_equal(filled > 0.5, mask)
+def blobs(seed):
+    """Random irregular LV-sized regions: the largest 8-connected region of smoothed noise
+    within a disk of radius 30."""
+    result = []
+    for mask in random_masks(seed, count=4) & disk(128, 128, 30):
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        result.append(labels == 1 + np.argmax(ndimage.sum(mask, labels, range(1, count + 1))))
+    return np.stack(result)
 
 
-@pytest.mark.parametrize("radius", [3, postprocess.CLOSING_RADIUS])
-def test_closing_matches_scipy_with_a_disk(radius):
-    masks = random_masks(2)
-    closed = postprocess.close(tf.constant(masks.astype(np.float32)), radius).numpy()
-    for mask, result in zip(masks, closed):
-        expected = ndimage.binary_closing(np.pad(mask, radius), structuring_disk(radius))
-        np.testing.assert_array_equal(result > 0.5, expected[radius:-radius, radius:-radius])
+def test_convex_hull_holds_the_exact_hull_and_barely_more():
+    masks = np.concatenate([blobs(1), blobs(2)])
+    hulls = postprocess.convex_hull(tf.constant(masks)).numpy() > 0.5
+    for mask, hull in zip(masks, hulls):
+        exact = exact_hull(mask)
+        assert hull[exact].all()
+        # The support lines circumscribe the exact hull: at most a rim a pixel wide more.
+        extra = hull & ~exact
+        assert extra.sum() <= 0.05 * exact.sum()
+        assert not extra.any() or ndimage.distance_transform_edt(~exact)[extra].max() <= 1.0
+    assert sum(exact_hull(mask).sum() - mask.sum() for mask in masks) > 1000  # irregular
+
+
+def test_convex_hull_hand_checked_shapes():
+    rectangle = (YY >= 10) & (YY < 30) & (XX >= 40) & (XX < 100)
+    ell = (YY >= 100) & (YY < 121) & (XX >= 100) & (XX < 121)
+    ell &= ~((YY > 110) & (XX > 110))  # a 21x21 square missing its lower-right 10x10 quadrant
+    ring = disk(180, 180, 20) & ~disk(180, 180, 10)
+    bitten = disk(180, 60, 20) & ~((abs(YY - 180) <= 2) & (XX >= 70))  # a slot 10 px deep
+    point = (YY == 250) & (XX == 3)
+    hulls = postprocess.convex_hull(tf.constant(
+        np.stack([rectangle, ell, ring, bitten, point, np.zeros_like(point)]))).numpy() > 0.5
+    np.testing.assert_array_equal(hulls[0], rectangle)
+    # The missing quadrant's corner is cut by the diagonal from (110, 120) to (120, 110).
+    np.testing.assert_array_equal(hulls[1], (YY >= 100) & (YY < 121) & (XX >= 100) & (XX < 121)
+                                  & (YY + XX <= 230))
+    np.testing.assert_array_equal(hulls[2], disk(180, 180, 20))
+    assert hulls[3][disk(180, 60, 19)].all() and not hulls[3][~disk(180, 60, 20.5)].any()
+    np.testing.assert_array_equal(hulls[4], point)
+    assert not hulls[5].any()
 
 
 def test_lv_mask_hand_checked_case():
@@ -104,22 +121,19 @@ def test_lv_mask_hand_checked_case():
     assert mask.dtype == np.int32
     assert not mask[rv].any()
     assert mask[papillary].all()
-    # The closing fills the slot, except at its mouth, where the pool's outline curves away
-    # and a disk of radius 6 reaches in a little.
-    assert mask[bite & disk(128, 128, 23)].all()
-    assert not mask[bite & ~disk(128, 128, 25)].any()
-    assert not mask[~disk(128, 128, 26)].any()
+    # The hull closes the slot up to the chord across its mouth, on the pool's outline.
+    assert mask[bite & disk(128, 128, 24)].all()
+    assert mask[disk(128, 128, 24)].all() and not mask[~disk(128, 128, 25.5)].any()
 
 
 def test_lv_mask_equals_the_same_steps_in_scipy():
     """The served mask (computed on the LV's bounding box) against the steps done on the whole
-    image with SciPy: threshold, most probable 8-connected region, closing, holes filled."""
+    image with SciPy: threshold, most probable 8-connected region, convex hull."""
     rng = np.random.default_rng(4)
     probabilities = ndimage.gaussian_filter(rng.random((4, SIZE, SIZE)), (0, 4, 4))
     probabilities = np.clip((probabilities - 0.5) * 12 + 0.5, 0, 1).astype(np.float32)
     probabilities[3] = 0.1  # one image without LV in the batch
-    masks = postprocess.lv_mask(tf.constant(probabilities)).numpy()
-    radius = postprocess.CLOSING_RADIUS
+    masks = postprocess.lv_mask(tf.constant(probabilities)).numpy().astype(bool)
     for probability, mask in zip(probabilities, masks):
         labels, count = ndimage.label(probability > 0.5, structure=np.ones((3, 3)))
         if count == 0:
@@ -127,9 +141,9 @@ def test_lv_mask_equals_the_same_steps_in_scipy():
             continue
         scores = ndimage.sum(probability, labels, range(1, count + 1))
         region = labels == 1 + int(np.argmax(scores))
-        closed = ndimage.binary_closing(np.pad(region, radius), structuring_disk(radius))
-        expected = ndimage.binary_fill_holes(closed[radius:-radius, radius:-radius])
-        np.testing.assert_array_equal(mask, expected)
+        assert mask[exact_hull(region)].all()
+        np.testing.assert_array_equal(
+            mask, postprocess.convex_hull(tf.constant(region[None])).numpy()[0] > 0.5)
 
 
 def test_lv_mask_of_nothing_is_empty():

@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from components import sunnybrook
 from pipeline import cli
-from trainer import records
+from trainer import postprocess, records
 
 REAL_SUBSET = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "shared", "data", "sunnybrook-subset")
@@ -215,3 +215,7 @@ def test_real_subset_gives_56_labelled_slices_with_a_bright_blood_pool(tmp_path,
         ratio = item.image[inside].mean() / item.image[ring].mean()
         assert ratio > 1.5, f"{item.name}: blood pool only {ratio:.2f}x the ring around it"
         assert item.pixel_spacing is not None and item.pixel_spacing[0] > 1.0
+    # The expert contours are convex, as the served mask's last step (its convex hull) assumes.
+    masks = np.stack([item.mask for item in slices]).astype(np.float32)
+    cover = masks.sum(axis=(1, 2)) / postprocess.convex_hull(masks).numpy().sum(axis=(1, 2))
+    assert cover.min() > 0.9 and cover.mean() > 0.98, cover

@@ -21,7 +21,7 @@ Both prediction signatures run the transform graph saved by the Transform compon
 first encodes the pixels into ``image_raw`` bytes in the graph, so there is one normalisation,
 never a copy of it. ``probabilities`` is the network's LV probability, averaged over the four
 flips of the image when the model was trained with ``test_time_flips`` (:mod:`trainer.tta`);
-``mask`` is :func:`trainer.postprocess.lv_mask` of it (one region, closed, holes filled): the
+``mask`` is :func:`trainer.postprocess.lv_mask` of it (one region, its convex hull): the
 answer services use and the Evaluator scores.
 
 Evaluation features (``transform_features`` only; requests to the prediction signatures carry
