@@ -1,8 +1,8 @@
 """Leave-one-patient-out Dice on real Sunnybrook patients, through the whole pipeline.
 
     .venv/bin/python benchmarks/lopo_sunnybrook.py [--subset ../shared/data/sunnybrook-subset]
-        [--train-steps 600] [--synthetic-mix 0.5] [--[no-]test-time-flips] [--work-dir DIR]
-        [--patients ID ...]
+        [--train-steps 600] [--synthetic-mix 0.5] [--elastic-pixels 0] [--[no-]test-time-flips]
+        [--work-dir DIR] [--patients ID ...]
 
 For each patient of the subset, the labelled slices of the other patients are the train split and
 that patient's slices the eval split (lab-schema TFRecords written with components.sunnybrook);
@@ -56,7 +56,7 @@ def run_fold(data_root: str, output_root: str, args) -> dict:
                "--data-root", data_root, "--output-root", output_root,
                "--train-steps", str(args.train_steps), "--synthetic-mix", str(args.synthetic_mix),
                "--unet-norm", args.unet_norm, "--dice-loss-weight", str(args.dice_loss_weight),
-               "--min-dice", "0",
+               "--elastic-pixels", str(args.elastic_pixels), "--min-dice", "0",
                "--test-time-flips" if args.test_time_flips else "--no-test-time-flips"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     parser.add_argument("--unet-norm", default=configs.DEFAULT_TRAINING.unet_norm)
     parser.add_argument("--dice-loss-weight", type=float,
                         default=configs.DEFAULT_TRAINING.dice_loss_weight)
+    parser.add_argument("--elastic-pixels", type=float,
+                        default=configs.DEFAULT_TRAINING.elastic_pixels)
     parser.add_argument("--test-time-flips", action=argparse.BooleanOptionalAction,
                         default=configs.DICOM_TEST_TIME_FLIPS)
     parser.add_argument("--work-dir", help="keep the folds' data and outputs here")
@@ -110,6 +112,7 @@ def main(argv=None) -> int:
         "synthetic_mix": args.synthetic_mix,
         "unet_norm": args.unet_norm,
         "dice_loss_weight": args.dice_loss_weight,
+        "elastic_pixels": args.elastic_pixels,
         "test_time_flips": args.test_time_flips,
         "labelled_slices": len(slices),
         "skipped": ingest["skipped"],

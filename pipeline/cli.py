@@ -93,6 +93,9 @@ def _add_run_command(subparsers) -> None:
     run.add_argument("--seed", type=int, default=defaults.seed)
     run.add_argument("--dice-loss-weight", type=float, default=defaults.dice_loss_weight,
                      help="weight of the soft-Dice term beside cross-entropy in the loss")
+    run.add_argument("--elastic-pixels", type=float, default=defaults.elastic_pixels,
+                     metavar="PIXELS", help="elastic deformation when augmenting: standard "
+                     "deviation of the displacement in pixels (0 = off)")
     run.add_argument("--synthetic-mix", type=float, default=None, metavar="SHARE",
                      help="share of training examples drawn from generated slices (default "
                           f"{configs.DICOM_SYNTHETIC_MIX} with --dicom-root, else 0)")
@@ -193,7 +196,7 @@ def _run(args) -> int:
         train_steps=_train_steps(args),
         training=dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                       learning_rate=args.learning_rate, seed=args.seed,
-                      dice_loss_weight=args.dice_loss_weight,
+                      dice_loss_weight=args.dice_loss_weight, elastic_pixels=args.elastic_pixels,
                       synthetic_mix=_synthetic_mix(args), unet_norm=args.unet_norm,
                       test_time_flips=_test_time_flips(args)),
         normalization=args.normalization,

@@ -45,3 +45,34 @@ def test_draws_differ_and_intensity_changes_stay_positive():
     outputs = [augment.augment(image, tf.constant(mask))[0].numpy() for _ in range(3)]
     assert not np.allclose(outputs[0], outputs[1])
     assert all(out.min() >= 0.0 for out in outputs)
+
+
+def test_elastic_deformation_bends_image_and_mask_together():
+    tf.keras.utils.set_random_seed(4)
+    elastic_only = augment.AugmentConfig(flips=False, max_rotation_degrees=0, max_scale_change=0,
+                                         max_shift_pixels=0, max_gain_change=0,
+                                         max_gamma_change=0, elastic_pixels=4.0)
+    mask = _disk()
+    image = tf.constant(mask[..., None].astype(np.float32))
+    for _ in range(5):
+        out_image, out_mask = augment.augment(image, tf.constant(mask), elastic_only)
+        out_image, out_mask = out_image.numpy()[..., 0], out_mask.numpy()
+        assert set(np.unique(out_mask)) <= {0, 1}
+        changed = (out_mask != mask).sum()
+        assert changed > 20  # the outline moved ...
+        assert 0.8 * mask.sum() < out_mask.sum() < 1.2 * mask.sum()  # ... but the LV is whole
+        assert ((out_image > 0.5) != out_mask.astype(bool)).sum() < 0.05 * mask.sum()
+
+
+def test_displacement_by_whole_pixels_is_a_shift_with_zeros_beyond_the_edge():
+    image = tf.constant(np.arange(N * N, dtype=np.float32).reshape(N, N, 1))
+    field = tf.constant(np.broadcast_to(np.array([2.0, -3.0], np.float32), (N, N, 2)))
+    for nearest in (False, True):
+        out = augment._displace(image, field, nearest).numpy()[..., 0]
+        # output (r, c) = input (r + 2, c - 3)
+        np.testing.assert_array_equal(out[:-2, 3:], image.numpy()[2:, :-3, 0])
+        assert not out[-2:].any() and not out[:, :3].any()
+    # A displacement of (1, -1.5): output (10, 10) is halfway between input (11, 8) and (11, 9).
+    half = augment._displace(image, field * 0.5, nearest=False).numpy()[..., 0]
+    np.testing.assert_allclose(half[10, 10], (image.numpy()[11, 8, 0] + image.numpy()[11, 9, 0])
+                               / 2, atol=1e-3)

@@ -1,7 +1,8 @@
 """Training-time augmentation of (image, mask) pairs: what cardiac MRI varies in.
 
-- geometry: left-right and up-down flips, rotation, isotropic scaling and translation, applied
-  to image and mask with the same transform (bilinear for the image, nearest for the mask);
+- geometry: left-right and up-down flips, rotation, isotropic scaling and translation, and
+  optionally an elastic deformation (a smooth random displacement field), applied to image and
+  mask with the same transform (bilinear for the image, nearest for the mask);
 - intensity: gain and gamma on the normalised image (scanners, coils and bias fields differ).
 
 Each draw is random per example; under ``tf.keras.utils.set_random_seed`` the sequence is
@@ -23,6 +24,13 @@ class AugmentConfig:
     max_shift_pixels: float = 12.0
     max_gain_change: float = 0.15  # intensity multiplied by [1 - x, 1 + x]
     max_gamma_change: float = 0.25  # gamma drawn from [1 - x, 1 + x]
+    # Standard deviation in pixels of the elastic displacement at its control points; 0 = off.
+    elastic_pixels: float = 0.0
+
+
+# Control points per side of the elastic displacement field (~50 px apart: the LV bends, it is
+# not crumpled); the field between them is bicubic.
+ELASTIC_GRID = 6
 
 
 def _uniform(half_width: float) -> tf.Tensor:
@@ -52,6 +60,33 @@ def _warp(image: tf.Tensor, transform: tf.Tensor, interpolation: str) -> tf.Tens
         interpolation=interpolation, fill_mode="CONSTANT")[0]
 
 
+def _elastic_field(config: AugmentConfig) -> tf.Tensor:
+    """A smooth random displacement ``[H, W, 2]`` (rows, columns) in pixels."""
+    coarse = tf.random.normal([1, ELASTIC_GRID, ELASTIC_GRID, 2]) * config.elastic_pixels
+    return tf.image.resize(coarse, records.IMAGE_SHAPE, method="bicubic")[0]
+
+
+def _displace(image: tf.Tensor, field: tf.Tensor, nearest: bool) -> tf.Tensor:
+    """``image`` ``[H, W, C]`` sampled at each pixel plus ``field`` ``[H, W, 2]``: bilinear, or
+    the nearest pixel; zeros outside the image."""
+    size = records.IMAGE_SIZE
+    rows = tf.range(size, dtype=tf.float32)[:, None] + field[..., 0]
+    columns = tf.range(size, dtype=tf.float32)[None, :] + field[..., 1]
+    if nearest:
+        rows, columns = tf.round(rows), tf.round(columns)
+    top, left = tf.floor(rows), tf.floor(columns)
+    down, right = (rows - top)[..., None], (columns - left)[..., None]
+
+    def at(row, column):
+        inside = (row >= 0) & (row <= size - 1) & (column >= 0) & (column <= size - 1)
+        index = tf.cast(tf.stack([tf.clip_by_value(row, 0, size - 1),
+                                  tf.clip_by_value(column, 0, size - 1)], axis=-1), tf.int32)
+        return tf.where(inside[..., None], tf.gather_nd(image, index), 0.0)
+
+    return ((1 - down) * ((1 - right) * at(top, left) + right * at(top, left + 1))
+            + down * ((1 - right) * at(top + 1, left) + right * at(top + 1, left + 1)))
+
+
 def augment(image: tf.Tensor, label: tf.Tensor, config: AugmentConfig = AugmentConfig()):
     """One random draw for one example: image float ``[H, W, 1]``, label int ``[H, W]``."""
     mask = tf.cast(label[..., tf.newaxis], tf.float32)
@@ -65,6 +100,10 @@ def augment(image: tf.Tensor, label: tf.Tensor, config: AugmentConfig = AugmentC
     transform = _affine_transform(config)
     image = _warp(image, transform, "BILINEAR")
     mask = _warp(mask, transform, "NEAREST")
+    if config.elastic_pixels > 0:
+        field = _elastic_field(config)
+        image = _displace(image, field, nearest=False)
+        mask = _displace(mask, field, nearest=True)
     gain = 1.0 + _uniform(config.max_gain_change)
     gamma = 1.0 + _uniform(config.max_gamma_change)
     image = gain * tf.pow(tf.maximum(image, 0.0), gamma)

@@ -33,6 +33,7 @@ class TrainingConfig:
     learning_rate: float = 1e-3  # Adam's initial rate; decays to 0 over the run (cosine)
     dice_loss_weight: float = 1.0  # loss = cross-entropy + weight * (1 - soft Dice)
     augment: bool = True  # flips, rotation, scaling, shifts, gain and gamma (trainer.augment)
+    elastic_pixels: float = 0.0  # elastic deformation when augmenting (trainer.augment); 0 = off
     unet_base_filters: int = 16
     unet_norm: str = nets.BATCH_NORM  # or GROUP_NORM (README, "Training on real patients")
     seed: Optional[int] = 42  # seeds weights and shuffling; None for a different run each time
@@ -62,6 +63,8 @@ class TrainingConfig:
         for name in ("epochs", "batch_size"):
             if getattr(config, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}")
+        if config.elastic_pixels < 0:
+            raise ValueError(f"elastic_pixels must be >= 0, got {config.elastic_pixels}")
         if not config.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {config.learning_rate}")
         if not 0.0 <= config.synthetic_mix < 1.0:
@@ -139,7 +142,9 @@ def training_batches(examples: tf.data.Dataset, generated: Optional[tf.data.Data
             [dataset, generated], weights=[1.0 - config.synthetic_mix, config.synthetic_mix],
             seed=config.seed)
     if config.augment:
-        dataset = dataset.map(augment.augment, num_parallel_calls=tf.data.AUTOTUNE)
+        augment_config = augment.AugmentConfig(elastic_pixels=config.elastic_pixels)
+        dataset = dataset.map(lambda image, label: augment.augment(image, label, augment_config),
+                              num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
