@@ -1,7 +1,7 @@
 """Leave-one-patient-out Dice on real Sunnybrook patients, through the whole pipeline.
 
     .venv/bin/python benchmarks/lopo_sunnybrook.py [--subset ../shared/data/sunnybrook-subset]
-        [--train-steps 600] [--synthetic-mix 0.5] [--elastic-pixels 0] [--[no-]test-time-flips]
+        [--train-steps 600] [--synthetic-mix 0.5] [--elastic-pixels 4] [--[no-]test-time-flips]
         [--work-dir DIR] [--patients ID ...]
 
 For each patient of the subset, the labelled slices of the other patients are the train split and
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dice-loss-weight", type=float,
                         default=configs.DEFAULT_TRAINING.dice_loss_weight)
     parser.add_argument("--elastic-pixels", type=float,
-                        default=configs.DEFAULT_TRAINING.elastic_pixels)
+                        default=configs.DICOM_ELASTIC_PIXELS)
     parser.add_argument("--test-time-flips", action=argparse.BooleanOptionalAction,
                         default=configs.DICOM_TEST_TIME_FLIPS)
     parser.add_argument("--work-dir", help="keep the folds' data and outputs here")

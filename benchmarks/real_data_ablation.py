@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import lopo_sunnybrook  # noqa: E402
+from pipeline import configs  # noqa: E402
 from trainer import (dice, model as trainer_model, postprocess, preprocessing,  # noqa: E402
                      tta)
 
@@ -93,7 +94,8 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.subset):
         print(f"no Sunnybrook subset at {args.subset} (--subset DIR)", file=sys.stderr)
         return 2
-    overrides = {"synthetic_mix": 0.5}
+    overrides = {"synthetic_mix": configs.DICOM_SYNTHETIC_MIX,
+                 "elastic_pixels": configs.DICOM_ELASTIC_PIXELS}
     for item in args.set:
         name, _, value = item.partition("=")
         overrides[name] = json.loads(value)

@@ -64,6 +64,9 @@ def _add_compile_command(commands) -> None:
     params.add_argument("--synthetic-mix", type=float, default=defaults.synthetic_mix,
                         metavar="SHARE", help="share of training examples drawn from generated "
                         f"slices (use {configs.DICOM_SYNTHETIC_MIX} for a few real patients)")
+    params.add_argument("--elastic-pixels", type=float, default=defaults.elastic_pixels,
+                        metavar="PIXELS", help="elastic deformation when augmenting (pixels; use "
+                        f"{configs.DICOM_ELASTIC_PIXELS} for a few real patients)")
     params.add_argument("--test-time-flips", action=argparse.BooleanOptionalAction,
                         default=defaults.test_time_flips,
                         help="export a model that averages its prediction over the image's four "
@@ -151,7 +154,8 @@ def _compile(args) -> int:
         train_steps=args.train_steps,
         training=dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                       learning_rate=args.learning_rate, seed=args.seed,
-                      synthetic_mix=args.synthetic_mix, test_time_flips=args.test_time_flips),
+                      synthetic_mix=args.synthetic_mix, elastic_pixels=args.elastic_pixels,
+                      test_time_flips=args.test_time_flips),
         normalization=args.normalization,
         min_dice=args.min_dice,
         max_dice_drop=args.max_dice_drop,

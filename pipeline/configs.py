@@ -52,6 +52,9 @@ DICOM_TRAIN_STEPS = 600
 # ... and the exported model averages its prediction over the four flips of the image
 # (trainer.tta; measured on the Sunnybrook subset, README).
 DICOM_TEST_TIME_FLIPS = True
+# ... and training augments with an elastic deformation of this many pixels (trainer.augment;
+# measured on the Sunnybrook subset, README).
+DICOM_ELASTIC_PIXELS = 4.0
 
 # The gate: a model is pushed only if its eval Dice is at least MIN_DICE and at most
 # MAX_DICE_DROP below the Dice of the latest blessed model (0 = no regression allowed).

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import cli, local_runner, run_summary
+from pipeline import cli, configs, local_runner, run_summary
+from pipeline.report import model_card
 from trainer import dice, postprocess, records, signatures
 
 pytestmark = pytest.mark.e2e
@@ -197,7 +198,10 @@ def test_dicom_folders_train_gate_and_push(tmp_path, capsys):
     assert len(eval_slices) == 3
     assert {s.patient_id for s in eval_slices} == set(ingest["splits"]["eval"]["patients"])
     assert all(s.pixel_spacing is not None for s in eval_slices)
-    # DICOM runs export flip averaging by default: averaged over all four flips, the served
+    # DICOM runs augment with elastic deformation by default (the model card says what ran) ...
+    with open(model_card.pushed_card_path(summary.pushed_path)) as f:
+        assert f"augmentation on (elastic {configs.DICOM_ELASTIC_PIXELS:g} px)" in f.read()
+    # ... and export flip averaging by default: averaged over all four flips, the served
     # probability of a flipped image is the flipped probability (a plain net is not symmetric).
     predict = tf.saved_model.load(summary.pushed_path).signatures[signatures.SERVING_RAW_IMAGE]
     image = eval_slices[0].image[np.newaxis]

@@ -117,6 +117,7 @@ def test_generated_training_slices_go_through_the_saved_transform_graph(slices, 
     ({"epochs": 0}, "epochs must be at least 1"),
     ({"model": "resnet"}, "model must be one of"),
     ({"unet_norm": "layer"}, "unet_norm must be one of"),
+    ({"elastic_pixels": -1.0}, "elastic_pixels must be >= 0"),
     ({"dropout": 0.1}, "unknown training option"),
 ])
 def test_training_config_rejects_bad_options(options, message):

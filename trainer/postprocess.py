@@ -3,10 +3,9 @@
 A short-axis slice holds one LV blood pool: one solid region. A network trained on a few patients
 also answers with a second bright blob now and then (the RV, the aorta) and with holes and bites
 where dark papillary muscles and trabeculae lie inside the pool; the expert contour (Sunnybrook's
-i-contour, as in the field's convention) includes them and is convex: on the 56 expert masks of
-the real subset, the mask covers 99.5% of its convex hull (:func:`convex_hull`) on average, never less than
-94.9%.
-So the mask is:
+i-contour, as in the field's convention) includes them and is convex: each of the 56 expert masks
+of the real subset covers at least 94.9% of its convex hull (:func:`convex_hull`), 99.7% on
+average. So the mask is:
 
 1. ``probability > 0.5`` (:data:`trainer.dice.LV_PROBABILITY_THRESHOLD`);
 2. only the connected region (8-connectivity) with the largest summed probability: the

@@ -83,7 +83,10 @@ def render_model_card(facts: RunFacts, rows, rules, per_image, generated: str) -
         + " and the mask (one region, its convex hull; the metrics score it).",
         f"- Training: {facts.train_steps} steps, batch {config.get('batch_size')}, "
         f"learning rate {config.get('learning_rate')}, augmentation "
-        f"{'on' if config.get('augment') else 'off'}, generated-slice share "
+        f"{'on' if config.get('augment') else 'off'}"
+        + (f" (elastic {config.get('elastic_pixels'):g} px)"
+           if config.get("augment") and config.get("elastic_pixels") else "")
+        + f", generated-slice share "
         f"{config.get('synthetic_mix', 0)}, seed {config.get('seed')}.",
         "",
         "## Intended use",
