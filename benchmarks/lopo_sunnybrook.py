@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/lopo_sunnybrook.py [--subset ../shared/data/sunnybrook-subset]
         [--train-steps 600] [--synthetic-mix 0.5] [--elastic-pixels 4] [--[no-]test-time-flips]
-        [--work-dir DIR] [--patients ID ...]
+        [--seed 42] [--work-dir DIR] [--patients ID ...]
 
 For each patient of the subset, the labelled slices of the other patients are the train split and
 that patient's slices the eval split (lab-schema TFRecords written with components.sunnybrook);
@@ -55,6 +55,7 @@ def run_fold(data_root: str, output_root: str, args) -> dict:
     command = [os.path.join(os.path.dirname(sys.executable), "lvseg"), "run",
                "--data-root", data_root, "--output-root", output_root,
                "--train-steps", str(args.train_steps), "--synthetic-mix", str(args.synthetic_mix),
+               "--seed", str(args.seed),
                "--unet-norm", args.unet_norm, "--dice-loss-weight", str(args.dice_loss_weight),
                "--elastic-pixels", str(args.elastic_pixels), "--min-dice", "0",
                "--test-time-flips" if args.test_time_flips else "--no-test-time-flips"]
@@ -86,6 +87,8 @@ def main(argv=None) -> int:
                         default=configs.DICOM_ELASTIC_PIXELS)
     parser.add_argument("--test-time-flips", action=argparse.BooleanOptionalAction,
                         default=configs.DICOM_TEST_TIME_FLIPS)
+    parser.add_argument("--seed", type=int, default=configs.DEFAULT_TRAINING.seed,
+                        help="the Trainer's seed (weights, shuffling, augmentation draws)")
     parser.add_argument("--work-dir", help="keep the folds' data and outputs here")
     parser.add_argument("--patients", nargs="*", help="evaluate only these patients")
     args = parser.parse_args(argv)
@@ -113,6 +116,7 @@ def main(argv=None) -> int:
         "unet_norm": args.unet_norm,
         "dice_loss_weight": args.dice_loss_weight,
         "elastic_pixels": args.elastic_pixels,
+        "seed": args.seed,
         "test_time_flips": args.test_time_flips,
         "labelled_slices": len(slices),
         "skipped": ingest["skipped"],
