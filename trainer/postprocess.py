@@ -93,36 +93,31 @@ def convex_hull(mask: tf.Tensor, directions: int = HULL_DIRECTIONS) -> tf.Tensor
     pixel centres with edges in those directions: it contains the exact hull and adds a rim of
     pixels where an edge of the exact hull falls between two directions (with 64 directions, at
     most 1 px wide on irregular LV-sized regions, ~2% of the area; 32 directions: 2.2 px, ~4%;
-    tests/test_postprocess.py). Cost: about 2 ms for one slice's LV box on a CPU."""
-    mask = tf.cast(mask, tf.float32)
+    tests/test_postprocess.py).
+
+    Row by row, so no tensor is larger than ``[N, H, W]`` or ``[N, H, directions]`` (TFMA feeds
+    the model batches of hundreds of images): the largest u . centre is reached at a row's
+    leftmost or rightmost pixel, and the polygon cuts each row to an interval of columns."""
+    mask = tf.cast(mask, tf.float32) > 0
     shape = tf.shape(mask)
+    rows = tf.cast(tf.range(shape[1]), tf.float32)[:, None]  # [H, 1]
+    columns = tf.cast(tf.range(shape[2]), tf.float32)  # [W]
+    far = 1e9  # beyond any coordinate; finite, so 0 * far stays 0
     angles = tf.range(directions, dtype=tf.float32) * (2.0 * math.pi / directions)
-    rows = tf.cast(tf.range(shape[1]), tf.float32)[:, None, None]
-    columns = tf.cast(tf.range(shape[2]), tf.float32)[None, :, None]
-    projections = (rows * tf.sin(angles) + columns * tf.cos(angles))[None]  # [1, H, W, K]
-    support = tf.reduce_max(
-        tf.where(mask[..., None] > 0, projections, float("-inf")), axis=[1, 2])  # [N, K]
-    # The tolerance keeps pixels on a support line in despite float rounding (|values| < 400).
-    inside = tf.reduce_all(projections <= support[:, None, None, :] + 1e-3, axis=-1)
-    return tf.cast(inside, tf.float32)
-
-
-def _on_bounding_box(mask: tf.Tensor, operation) -> tf.Tensor:
-    """``operation`` applied to the box around every LV pixel of the batch instead of the whole
-    image: the same result for an operation that adds no LV outside that box (the convex hull),
-    at a fraction of the cost when the LV is small."""
-    shape = tf.shape(mask, out_type=tf.int64)
-    rows = tf.where(tf.reduce_any(mask > 0, axis=[0, 2]))[:, 0]
-    columns = tf.where(tf.reduce_any(mask > 0, axis=[0, 1]))[:, 0]
-
-    def on_box():
-        top, left = tf.reduce_min(rows), tf.reduce_min(columns)
-        bottom, right = tf.reduce_max(rows) + 1, tf.reduce_max(columns) + 1
-        result = operation(mask[:, top:bottom, left:right])
-        result = tf.pad(result, [[0, 0], [top, shape[1] - bottom], [left, shape[2] - right]])
-        return tf.reshape(result, shape)
-
-    return tf.cond(tf.size(rows) > 0, on_box, lambda: mask)
+    cos, sin = tf.cos(angles), tf.sin(angles)  # [K]
+    occupied = tf.reduce_any(mask, axis=2)[..., None]  # [N, H, 1]
+    left = tf.reduce_min(tf.where(mask, columns, far), axis=2)[..., None]  # [N, H, 1]
+    right = tf.reduce_max(tf.where(mask, columns, -far), axis=2)[..., None]
+    reach = tf.maximum(cos * left, cos * right) + sin * rows  # [N, H, K]
+    support = tf.reduce_max(tf.where(occupied, reach, -far), axis=1)  # [N, K]
+    # In row r: cos * column <= support - sin * r (+ a tolerance for float rounding).
+    bound = support[:, None, :] - sin * rows + 1e-3  # [N, H, K]
+    upper, lower = cos > 1e-6, cos < -1e-6
+    ratio = bound / tf.where(upper | lower, cos, 1.0)
+    last = tf.reduce_min(tf.where(upper, ratio, far), axis=2)[..., None]  # [N, H, 1]
+    first = tf.reduce_max(tf.where(lower, ratio, -far), axis=2)[..., None]
+    row_in = tf.reduce_all(tf.where(upper | lower, True, bound >= 0), axis=2)[..., None]
+    return tf.cast((columns >= first) & (columns <= last) & row_in, tf.float32)
 
 
 def lv_mask(probabilities: tf.Tensor) -> tf.Tensor:
@@ -131,5 +126,5 @@ def lv_mask(probabilities: tf.Tensor) -> tf.Tensor:
     probabilities = tf.convert_to_tensor(probabilities, tf.float32)
     mask = tf.cast(dice.lv_mask(probabilities), tf.float32)
     mask = most_probable_region(mask, probabilities)
-    mask = _on_bounding_box(mask, convex_hull)
+    mask = convex_hull(mask)
     return tf.cast(mask, tf.int32)
