@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--test-time-flips", action=argparse.BooleanOptionalAction,
                         default=configs.DICOM_TEST_TIME_FLIPS)
     parser.add_argument("--seed", type=int, default=configs.DEFAULT_TRAINING.seed,
-                        help="the Trainer's seed (weights, shuffling, augmentation draws)")
+                        help="the Trainer's seed (weights, order, augmentation, generated slices)")
     parser.add_argument("--work-dir", help="keep the folds' data and outputs here")
     parser.add_argument("--patients", nargs="*", help="evaluate only these patients")
     args = parser.parse_args(argv)
