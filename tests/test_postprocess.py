@@ -127,8 +127,8 @@ def test_lv_mask_hand_checked_case():
 
 
 def test_lv_mask_equals_the_same_steps_in_scipy():
-    """The served mask (computed on the LV's bounding box) against the steps done on the whole
-    image with SciPy: threshold, most probable 8-connected region, convex hull."""
+    """The served mask against the same steps done with SciPy: threshold, most probable
+    8-connected region; then its convex hull holds SciPy's exact hull of that region."""
     rng = np.random.default_rng(4)
     probabilities = ndimage.gaussian_filter(rng.random((4, SIZE, SIZE)), (0, 4, 4))
     probabilities = np.clip((probabilities - 0.5) * 12 + 0.5, 0, 1).astype(np.float32)
