@@ -72,10 +72,6 @@ def _displace(image: tf.Tensor, field: tf.Tensor, nearest: bool) -> tf.Tensor:
     size = records.IMAGE_SIZE
     rows = tf.range(size, dtype=tf.float32)[:, None] + field[..., 0]
     columns = tf.range(size, dtype=tf.float32)[None, :] + field[..., 1]
-    if nearest:
-        rows, columns = tf.round(rows), tf.round(columns)
-    top, left = tf.floor(rows), tf.floor(columns)
-    down, right = (rows - top)[..., None], (columns - left)[..., None]
 
     def at(row, column):
         inside = (row >= 0) & (row <= size - 1) & (column >= 0) & (column <= size - 1)
@@ -83,6 +79,10 @@ def _displace(image: tf.Tensor, field: tf.Tensor, nearest: bool) -> tf.Tensor:
                                   tf.clip_by_value(column, 0, size - 1)], axis=-1), tf.int32)
         return tf.where(inside[..., None], tf.gather_nd(image, index), 0.0)
 
+    if nearest:
+        return at(tf.round(rows), tf.round(columns))
+    top, left = tf.floor(rows), tf.floor(columns)
+    down, right = (rows - top)[..., None], (columns - left)[..., None]
     return ((1 - down) * ((1 - right) * at(top, left) + right * at(top, left + 1))
             + down * ((1 - right) * at(top + 1, left) + right * at(top + 1, left + 1)))
 
