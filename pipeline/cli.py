@@ -189,17 +189,26 @@ def _split_patterns_of(data_root: str):
 def _run(args) -> int:
     from pipeline import input_checks, local_runner, run_summary
 
+    general = configs.DEFAULT_TRAINING
     run = local_runner.LocalRun(
         data_root=args.data_root,
         output_root=args.output_root,
         runner=args.runner,
         schema_path=None if args.infer_schema else args.schema,
-        train_steps=_train_steps(args),
+        train_steps=_or_dicom_default(args, args.train_steps, configs.DICOM_TRAIN_STEPS,
+                                      configs.DEFAULT_TRAIN_STEPS),
         training=dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                       learning_rate=args.learning_rate, seed=args.seed,
-                      dice_loss_weight=args.dice_loss_weight, elastic_pixels=_elastic_pixels(args),
-                      synthetic_mix=_synthetic_mix(args), unet_norm=args.unet_norm,
-                      test_time_flips=_test_time_flips(args)),
+                      dice_loss_weight=args.dice_loss_weight, unet_norm=args.unet_norm,
+                      synthetic_mix=_or_dicom_default(
+                          args, args.synthetic_mix, configs.DICOM_SYNTHETIC_MIX,
+                          general.synthetic_mix),
+                      elastic_pixels=_or_dicom_default(
+                          args, args.elastic_pixels, configs.DICOM_ELASTIC_PIXELS,
+                          general.elastic_pixels),
+                      test_time_flips=_or_dicom_default(
+                          args, args.test_time_flips, configs.DICOM_TEST_TIME_FLIPS,
+                          general.test_time_flips)),
         normalization=args.normalization,
         min_dice=args.min_dice,
         max_dice_drop=args.max_dice_drop,
@@ -243,35 +252,13 @@ def _write_report(run) -> int:
         return 0
 
 
-def _train_steps(args) -> int:
-    if args.train_steps is not None:
-        return args.train_steps
-    return configs.DICOM_TRAIN_STEPS if args.dicom_root else configs.DEFAULT_TRAIN_STEPS
-
-
-def _synthetic_mix(args) -> float:
-    """Real DICOM data sets are small: by default, half of the training examples are generated."""
-    if args.synthetic_mix is not None:
-        return args.synthetic_mix
-    return configs.DICOM_SYNTHETIC_MIX if args.dicom_root else 0.0
-
-
-def _elastic_pixels(args) -> float:
-    """Elastic deformation helps a net trained on a few real patients (README); on by default for
-    DICOM runs only, where it was measured."""
-    if args.elastic_pixels is not None:
-        return args.elastic_pixels
-    if args.dicom_root:
-        return configs.DICOM_ELASTIC_PIXELS
-    return configs.DEFAULT_TRAINING.elastic_pixels
-
-
-def _test_time_flips(args) -> bool:
-    """A model trained on a few real patients gains from flip averaging (README); on by default
-    for DICOM runs only, since it costs four forward passes per served image."""
-    if args.test_time_flips is not None:
-        return args.test_time_flips
-    return configs.DICOM_TEST_TIME_FLIPS if args.dicom_root else False
+def _or_dicom_default(args, given, dicom_default, default):
+    """``given`` when set on the command line; else, for a DICOM run (usually a few real
+    patients), the setting measured for it on the Sunnybrook subset (``configs.DICOM_*``, see
+    the README's "Training on real patients"), else the general default."""
+    if given is not None:
+        return given
+    return dicom_default if args.dicom_root else default
 
 
 def _root_cause(exc: BaseException) -> str:
