@@ -4,8 +4,11 @@ create_pipeline's stages up to Transform run on the tiny set three ways: DirectR
 (the reference), DirectRunner with 2 worker processes, and Beam's portable runner protocol (the
 one Flink and Spark job servers speak) with workers from an external SDK worker pool, as Flink
 on Kubernetes runs them. Example counts, statistics and transformed examples must match.
-Timings: ``benchmarks/data_stages.py``.
+The in-memory run must leave nothing in the temp folder. Timings: ``benchmarks/data_stages.py``.
 """
+import os
+import tempfile
+
 import pytest
 
 from benchmarks import data_stages
@@ -16,9 +19,24 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def single_process(tiny_data_root, tmp_path_factory):
-    return data_stages.run_data_stages(tiny_data_root, str(tmp_path_factory.mktemp("single")),
-                                       configs.DEFAULT_BEAM_ARGS)
+def single_process_run(tiny_data_root, tmp_path_factory):
+    """The reference run's outputs, and what it left in the temp folder."""
+    # every temp folder of the run goes here: the run must leave none (TFX's Beam executors build
+    # a package of TFX in one per component unless the Beam options name the dependencies)
+    temp = tmp_path_factory.mktemp("single_temp")
+    saved, tempfile.tempdir = tempfile.tempdir, str(temp)
+    try:
+        outputs = data_stages.run_data_stages(
+            tiny_data_root, str(tmp_path_factory.mktemp("single")), configs.DEFAULT_BEAM_ARGS)
+    finally:
+        tempfile.tempdir = saved
+    # folders only: TF's autograph writes small module files it deletes when the process exits
+    return outputs, sorted(name for name in os.listdir(temp) if (temp / name).is_dir())
+
+
+@pytest.fixture(scope="module")
+def single_process(single_process_run):
+    return single_process_run[0]
 
 
 def test_single_process_reads_every_record(single_process):
@@ -29,6 +47,10 @@ def test_single_process_reads_every_record(single_process):
     for split, count in single_process.example_counts.items():
         assert sum(single_process.transformed_examples[split].values()) == count
         assert single_process.statistics[split].datasets[0].num_examples == count
+
+
+def test_the_run_leaves_no_temp_folders(single_process_run):
+    assert single_process_run[1] == []
 
 
 def test_two_worker_processes_give_the_same_outputs(single_process, tiny_data_root, tmp_path):

@@ -20,7 +20,7 @@ import tensorflow as tf
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline import cli, local_runner, run_summary
+from pipeline import cli, configs, local_runner, run_summary
 from trainer import records
 from tests.conftest import REPO_ROOT
 
@@ -216,6 +216,28 @@ def test_the_lock_is_released_when_a_run_fails(tmp_path):
         with pytest.raises(local_runner.PipelineLockedError, match=f"pid {os.getpid()}"):
             with local_runner.pipeline_lock(root):
                 pass
+
+
+# --- nothing left in the temp folder ------------------------------------------------------------
+
+def test_direct_runner_args_stop_tfx_building_its_package_in_a_temp_folder():
+    from tfx.utils import dependency_utils
+
+    args = local_runner.direct_runner_dependency_args(configs.DEFAULT_BEAM_ARGS)
+    assert args[-1] == f"--setup_file={local_runner.PROJECT_SETUP_FILE}"
+    assert os.path.isfile(local_runner.PROJECT_SETUP_FILE)
+    # TFX's own check: it adds --extra_package=<sdist it built in a temp folder> unless told
+    assert dependency_utils.make_beam_dependency_flags(args) == args
+
+
+@pytest.mark.parametrize("beam_args", [
+    ["--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/t",
+     "--sdk_container_image=img"],
+    ["--runner=PortableRunner", "--job_endpoint=localhost:8099", "--environment_type=EXTERNAL"],
+    ["--direct_num_workers=2", "--requirements_file=reqs.txt"],
+])
+def test_other_runners_and_given_dependencies_keep_their_beam_args(beam_args):
+    assert local_runner.direct_runner_dependency_args(beam_args) == beam_args
 
 
 # --- a run killed during training, then run again ----------------------------------------------
