@@ -56,6 +56,24 @@ def test_the_most_probable_region_wins_not_the_largest():
     np.testing.assert_array_equal(kept > 0.5, confident)
 
 
+def test_a_confident_region_wins_over_a_wider_less_certain_one_with_more_summed_probability():
+    # an apical slice: a small LV at p = 0.99 above a bright stomach twice its size at p = 0.85,
+    # whose summed probability is larger (2 * 0.85 > 0.99); its log-odds sum is not
+    # (2 * 1.73 < 4.6)
+    lv = disk(100, 128, 12)
+    stomach = disk(170, 128, 17)
+    assert stomach.sum() * 0.85 > lv.sum() * 0.99
+    probabilities = np.where(lv, 0.99, np.where(stomach, 0.85, 0.05)).astype(np.float32)
+    served = postprocess.lv_mask(tf.constant(probabilities[None])).numpy()[0]
+    np.testing.assert_array_equal(served > 0, lv)
+
+
+def test_saturated_probabilities_give_finite_log_odds():
+    log_odds = postprocess.region_log_odds(tf.constant([0.0, 0.5, 1.0])).numpy()
+    assert np.isfinite(log_odds).all()
+    assert log_odds[0] < 0 and log_odds[1] == 0 and log_odds[2] > 0
+
+
 def exact_hull(mask):
     """The pixels whose centres lie in the convex hull of the mask's pixel centres (SciPy)."""
     points = np.argwhere(mask).astype(float)
@@ -127,8 +145,8 @@ def test_lv_mask_hand_checked_case():
 
 
 def test_lv_mask_equals_the_same_steps_in_scipy():
-    """The served mask against the same steps done with SciPy: threshold, most probable
-    8-connected region; then its convex hull holds SciPy's exact hull of that region."""
+    """The served mask against the same steps done with SciPy: threshold, the 8-connected region
+    with the largest log-odds sum; then its convex hull holds SciPy's exact hull of that region."""
     rng = np.random.default_rng(4)
     probabilities = ndimage.gaussian_filter(rng.random((4, SIZE, SIZE)), (0, 4, 4))
     probabilities = np.clip((probabilities - 0.5) * 12 + 0.5, 0, 1).astype(np.float32)
@@ -139,7 +157,8 @@ def test_lv_mask_equals_the_same_steps_in_scipy():
         if count == 0:
             assert not mask.any()
             continue
-        scores = ndimage.sum(probability, labels, range(1, count + 1))
+        p = np.clip(probability.astype(np.float64), 1e-7, 1 - 1e-7)
+        scores = ndimage.sum(np.log(p / (1 - p)), labels, range(1, count + 1))
         region = labels == 1 + int(np.argmax(scores))
         assert mask[exact_hull(region)].all()
         np.testing.assert_array_equal(

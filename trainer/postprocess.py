@@ -8,8 +8,12 @@ of the real subset covers at least 94.9% of its convex hull (:func:`convex_hull`
 average. So the mask is:
 
 1. ``probability > 0.5`` (:data:`trainer.dice.LV_PROBABILITY_THRESHOLD`);
-2. only the connected region (8-connectivity) with the largest summed probability: the
-   network's most confident blob, not merely the widest;
+2. only the connected region (8-connectivity) that is most likely the LV (:func:`most_probable_region`):
+   the largest sum of the log-odds ``log(p / (1 - p))`` of its pixels. If one region is the LV
+   and the others are not, and pixels are taken as independent, the probability of "region r is
+   the LV" is proportional to the product of ``p / (1 - p)`` over r: so a confident blob wins
+   over a wider, less certain one (the bright stomach below an apical slice, at p ~0.9, against
+   the LV at p ~0.96);
 3. the convex hull of that region (:func:`convex_hull`), which fills the holes and bites the
    papillary muscles and trabeculae leave.
 
@@ -27,6 +31,8 @@ from trainer import dice, records
 # Directions of the support lines that bound the hull (a multiple of 4, so rows and columns are
 # among them and the hull never leaves the region's bounding box).
 HULL_DIRECTIONS = 64
+# Probabilities are clipped to [eps, 1 - eps] for their log-odds (float32's 1 - 1e-7 < 1).
+_PROBABILITY_EPSILON = 1e-7
 # Steps of the iterative labelling between convergence checks (cheap steps, fewer checks).
 _STEPS_PER_CHECK = 8
 
@@ -69,16 +75,22 @@ def connected_regions(mask: tf.Tensor) -> tf.Tensor:
     return _iterate_to_fixpoint(spread, mask * ids)
 
 
+def region_log_odds(probabilities: tf.Tensor) -> tf.Tensor:
+    """Each pixel's ``log(p / (1 - p))``, p kept within [1e-7, 1 - 1e-7] (float32 saturates)."""
+    p = tf.clip_by_value(probabilities, _PROBABILITY_EPSILON, 1.0 - _PROBABILITY_EPSILON)
+    return tf.math.log(p) - tf.math.log1p(-p)
+
+
 def most_probable_region(mask: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
-    """The 0/1 mask ``[N, H, W]`` float32 of the region of ``mask`` with the largest summed
-    probability (all zeros where ``mask`` is empty)."""
+    """The 0/1 mask ``[N, H, W]`` float32 of the region of ``mask`` most likely to be the LV:
+    the largest summed log-odds (module docstring); all zeros where ``mask`` is empty."""
     regions = connected_regions(mask)
     num_images = tf.shape(regions)[0]
     per_image = tf.shape(regions)[1] * tf.shape(regions)[2] + 1  # id 0 is the background
     segment = tf.cast(regions, tf.int32) + tf.range(num_images)[:, None, None] * per_image
+    log_odds = region_log_odds(probabilities) * tf.cast(mask, tf.float32)
     scores = tf.math.unsorted_segment_sum(
-        tf.reshape(probabilities * tf.cast(mask, tf.float32), [-1]), tf.reshape(segment, [-1]),
-        num_images * per_image)
+        tf.reshape(log_odds, [-1]), tf.reshape(segment, [-1]), num_images * per_image)
     best = tf.argmax(tf.reshape(scores, [num_images, per_image])[:, 1:], axis=1,
                      output_type=tf.int32) + 1
     kept = tf.equal(tf.cast(regions, tf.int32), best[:, None, None])
