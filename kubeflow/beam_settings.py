@@ -40,7 +40,9 @@ class BeamSettings:
 def beam_pipeline_args(settings: BeamSettings, image: str) -> List[str]:
     """The Beam options for ``settings``; ``image`` is the workers' container image."""
     if settings.runner == DIRECT:
-        args = _direct_args(settings.direct_workers)
+        # the workers run in this image (the task's pod); naming it spares each TFX Beam executor
+        # building a source package of TFX for remote workers (the DirectRunner ignores it)
+        args = _direct_args(settings.direct_workers) + [f"--sdk_container_image={image}"]
     elif settings.runner == DATAFLOW:
         args = _dataflow_args(settings, image)
     elif settings.runner == PORTABLE:
@@ -77,6 +79,9 @@ def _portable_args(settings: BeamSettings, image: str) -> List[str]:
         raise ValueError(f"environment type must be one of {ENVIRONMENT_TYPES}, "
                          f"got {settings.environment_type!r}")
     default_config = DEFAULT_WORKER_POOL if settings.environment_type == EXTERNAL else image
+    # the workers run this image, TFX and this project installed: naming it keeps TFX from
+    # staging a package of itself for them to install (the portable runner ignores the option)
     return ["--runner=PortableRunner", f"--job_endpoint={settings.job_endpoint}",
             f"--environment_type={settings.environment_type}",
-            f"--environment_config={settings.environment_config or default_config}"]
+            f"--environment_config={settings.environment_config or default_config}",
+            f"--sdk_container_image={image}"]

@@ -63,10 +63,16 @@ def test_portable_runner_with_an_external_worker_pool_gives_the_same_outputs(
         single_process, tiny_data_root, tmp_path):
     port = data_stages.free_port()
     log_path = str(tmp_path / "worker_pool.log")
-    with data_stages.sdk_worker_pool(port, log_path) as pool:
-        portable = data_stages.run_data_stages(
-            tiny_data_root, str(tmp_path / "run"), data_stages.portable_args(port))
-        assert pool.poll() is None
+    # TFX builds and stages a package of itself for the pool's workers (they ignore it): in a
+    # temp folder it never deletes, so one under tmp_path
+    saved, tempfile.tempdir = tempfile.tempdir, str(tmp_path)
+    try:
+        with data_stages.sdk_worker_pool(port, log_path) as pool:
+            portable = data_stages.run_data_stages(
+                tiny_data_root, str(tmp_path / "run"), data_stages.portable_args(port))
+            assert pool.poll() is None
+    finally:
+        tempfile.tempdir = saved
     assert data_stages.compare_outputs(single_process, portable) == []
     with open(log_path) as log:  # the work ran in the pool's workers, started as `python`
         assert "Starting worker with command ['python'" in log.read()

@@ -20,11 +20,12 @@ import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis import constants as tfma_constants
 from tensorflow_model_analysis.metrics import metric_types
 
-from pipeline import configs, eval_config, run_summary
+from pipeline import configs, eval_config, local_runner, run_summary
 from trainer import area_metric, dice, preprocessing, records, seg_metrics, signatures, slices
 
 N = records.IMAGE_SIZE
-BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+# as `lvseg run` passes them (no TFX package built in a temp folder)
+BEAM_ARGS = local_runner.direct_runner_dependency_args(configs.DEFAULT_BEAM_ARGS)
 SPACING = (1.25, 1.25)  # mm: 1.5625 mm^2 per pixel
 PIXEL_AREA = SPACING[0] * SPACING[1]
 

@@ -188,7 +188,7 @@ def test_beam_args_reach_the_data_stages_only(compiled):
         else:
             assert beam_args == [], task
     driver = _executor(spec, "ImportExampleGen")["container"]["lifecycle"]["preCacheCheck"]
-    assert driver["args"][-2:] == list(configs.DEFAULT_BEAM_ARGS)
+    assert driver["args"][-3:] == [*configs.DEFAULT_BEAM_ARGS, f"--sdk_container_image={IMAGE}"]
 
 
 @pytest.mark.parametrize("options, expected", [
@@ -199,10 +199,11 @@ def test_beam_args_reach_the_data_stages_only(compiled):
     (["--beam-runner", "portable", "--job-endpoint", "flink-jobmanager:8099"],
      ["--runner=PortableRunner", "--job_endpoint=flink-jobmanager:8099",
       "--environment_type=EXTERNAL",
-      f"--environment_config={beam_settings.DEFAULT_WORKER_POOL}"]),
+      f"--environment_config={beam_settings.DEFAULT_WORKER_POOL}",
+      f"--sdk_container_image={IMAGE}"]),
     (["--beam-runner", "direct", "--direct-workers", "4", "--beam-arg=--max_num_records=10"],
      ["--direct_running_mode=multi_processing", "--direct_num_workers=4",
-      "--max_num_records=10"]),
+      f"--sdk_container_image={IMAGE}", "--max_num_records=10"]),
 ])
 def test_beam_settings_reach_the_data_stages(tmp_path, no_network, options, expected):
     _, spec = _load_job(_compile(tmp_path / "lv.json", *options))
