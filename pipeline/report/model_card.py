@@ -80,7 +80,8 @@ def render_model_card(facts: RunFacts, rows, rules, per_image, generated: str) -
         + "; input one 256x256 slice (int64 pixel values or a lab-schema tf.Example), "
           "normalised inside the graph by the saved Transform; output LV probability"
         + (" (averaged over the image's four flips)" if config.get("test_time_flips") else "")
-        + " and the mask (one region, its convex hull; the metrics score it).",
+        + " and the mask (the region with the largest log-odds sum, its convex hull; the metrics"
+          " score it).",
         f"- Training: {facts.train_steps} steps, batch {config.get('batch_size')}, "
         f"learning rate {config.get('learning_rate')}, augmentation "
         f"{'on' if config.get('augment') else 'off'}"
