@@ -8,12 +8,12 @@ of the real subset covers at least 94.9% of its convex hull (:func:`convex_hull`
 average. So the mask is:
 
 1. ``probability > 0.5`` (:data:`trainer.dice.LV_PROBABILITY_THRESHOLD`);
-2. only the connected region (8-connectivity) that is most likely the LV (:func:`most_probable_region`):
-   the largest sum of the log-odds ``log(p / (1 - p))`` of its pixels. If one region is the LV
-   and the others are not, and pixels are taken as independent, the probability of "region r is
-   the LV" is proportional to the product of ``p / (1 - p)`` over r: so a confident blob wins
-   over a wider, less certain one (the bright stomach below an apical slice, at p ~0.9, against
-   the LV at p ~0.96);
+2. only the connected region (8-connectivity) most likely to be the LV
+   (:func:`most_probable_region`): the largest sum of the log-odds ``log(p / (1 - p))`` of its
+   pixels. If one region is the LV and the others are not, and pixels are taken as independent, the
+   probability of "region r is the LV" is proportional to the product of ``p / (1 - p)`` over r: so
+   a confident blob wins over a wider, less certain one (the bright stomach below an apical slice,
+   at p ~0.9, against the LV at p ~0.96);
 3. the convex hull of that region (:func:`convex_hull`), which fills the holes and bites the
    papillary muscles and trabeculae leave.
 
