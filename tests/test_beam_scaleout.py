@@ -6,6 +6,7 @@ one Flink and Spark job servers speak) with workers from an external SDK worker 
 on Kubernetes runs them. Example counts, statistics and transformed examples must match.
 The in-memory run must leave nothing in the temp folder. Timings: ``benchmarks/data_stages.py``.
 """
+import contextlib
 import os
 import tempfile
 
@@ -18,18 +19,25 @@ from pipeline import configs
 pytestmark = pytest.mark.e2e
 
 
+@contextlib.contextmanager
+def temp_folders_in(folder):
+    """``tempfile``'s folders (``mkdtemp`` and the like) go under ``folder`` meanwhile."""
+    saved, tempfile.tempdir = tempfile.tempdir, str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+
+
 @pytest.fixture(scope="module")
 def single_process_run(tiny_data_root, tmp_path_factory):
     """The reference run's outputs, and what it left in the temp folder."""
     # every temp folder of the run goes here: the run must leave none (TFX's Beam executors build
     # a package of TFX in one per component unless the Beam options name the dependencies)
     temp = tmp_path_factory.mktemp("single_temp")
-    saved, tempfile.tempdir = tempfile.tempdir, str(temp)
-    try:
+    with temp_folders_in(temp):
         outputs = data_stages.run_data_stages(
             tiny_data_root, str(tmp_path_factory.mktemp("single")), configs.DEFAULT_BEAM_ARGS)
-    finally:
-        tempfile.tempdir = saved
     # folders only: TF's autograph writes small module files it deletes when the process exits
     return outputs, sorted(name for name in os.listdir(temp) if (temp / name).is_dir())
 
@@ -65,14 +73,10 @@ def test_portable_runner_with_an_external_worker_pool_gives_the_same_outputs(
     log_path = str(tmp_path / "worker_pool.log")
     # TFX builds and stages a package of itself for the pool's workers (they ignore it): in a
     # temp folder it never deletes, so one under tmp_path
-    saved, tempfile.tempdir = tempfile.tempdir, str(tmp_path)
-    try:
-        with data_stages.sdk_worker_pool(port, log_path) as pool:
-            portable = data_stages.run_data_stages(
-                tiny_data_root, str(tmp_path / "run"), data_stages.portable_args(port))
-            assert pool.poll() is None
-    finally:
-        tempfile.tempdir = saved
+    with temp_folders_in(tmp_path), data_stages.sdk_worker_pool(port, log_path) as pool:
+        portable = data_stages.run_data_stages(
+            tiny_data_root, str(tmp_path / "run"), data_stages.portable_args(port))
+        assert pool.poll() is None
     assert data_stages.compare_outputs(single_process, portable) == []
     with open(log_path) as log:  # the work ran in the pool's workers, started as `python`
         assert "Starting worker with command ['python'" in log.read()
