@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/lopo_sunnybrook.py [--subset ../shared/data/sunnybrook-subset]
         [--train-steps 600] [--synthetic-mix 0.5] [--elastic-pixels 4] [--[no-]test-time-flips]
+        [--max-gain-change 0.3] [--max-gamma-change 0.4]
         [--seed 42] [--work-dir DIR] [--patients ID ...]
 
 For each patient of the subset, the labelled slices of the other patients are the train split and
@@ -57,7 +58,9 @@ def run_fold(data_root: str, output_root: str, args) -> dict:
                "--train-steps", str(args.train_steps), "--synthetic-mix", str(args.synthetic_mix),
                "--seed", str(args.seed),
                "--unet-norm", args.unet_norm, "--dice-loss-weight", str(args.dice_loss_weight),
-               "--elastic-pixels", str(args.elastic_pixels), "--min-dice", "0",
+               "--elastic-pixels", str(args.elastic_pixels),
+               "--max-gain-change", str(args.max_gain_change),
+               "--max-gamma-change", str(args.max_gamma_change), "--min-dice", "0",
                "--test-time-flips" if args.test_time_flips else "--no-test-time-flips"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
@@ -85,6 +88,10 @@ def main(argv=None) -> int:
                         default=configs.DEFAULT_TRAINING.dice_loss_weight)
     parser.add_argument("--elastic-pixels", type=float,
                         default=configs.DICOM_ELASTIC_PIXELS)
+    parser.add_argument("--max-gain-change", type=float,
+                        default=configs.DEFAULT_TRAINING.max_gain_change)
+    parser.add_argument("--max-gamma-change", type=float,
+                        default=configs.DEFAULT_TRAINING.max_gamma_change)
     parser.add_argument("--test-time-flips", action=argparse.BooleanOptionalAction,
                         default=configs.DICOM_TEST_TIME_FLIPS)
     parser.add_argument("--seed", type=int, default=configs.DEFAULT_TRAINING.seed,
@@ -116,6 +123,8 @@ def main(argv=None) -> int:
         "unet_norm": args.unet_norm,
         "dice_loss_weight": args.dice_loss_weight,
         "elastic_pixels": args.elastic_pixels,
+        "max_gain_change": args.max_gain_change,
+        "max_gamma_change": args.max_gamma_change,
         "seed": args.seed,
         "test_time_flips": args.test_time_flips,
         "labelled_slices": len(slices),

@@ -25,6 +25,7 @@ def register(subparsers) -> None:
 
 def _add_compile_command(commands) -> None:
     from kubeflow import beam_settings, runner
+    from pipeline import cli as local_cli
     from trainer import nets, preprocessing
 
     defaults = configs.DEFAULT_TRAINING
@@ -67,6 +68,7 @@ def _add_compile_command(commands) -> None:
     params.add_argument("--elastic-pixels", type=float, default=defaults.elastic_pixels,
                         metavar="PIXELS", help="elastic deformation when augmenting (pixels; use "
                         f"{configs.DICOM_ELASTIC_PIXELS} for a few real patients)")
+    local_cli.add_intensity_jitter_options(params, defaults)
     params.add_argument("--test-time-flips", action=argparse.BooleanOptionalAction,
                         default=defaults.test_time_flips,
                         help="export a model that averages its prediction over the image's four "
@@ -155,6 +157,8 @@ def _compile(args) -> int:
         training=dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                       learning_rate=args.learning_rate, seed=args.seed,
                       synthetic_mix=args.synthetic_mix, elastic_pixels=args.elastic_pixels,
+                      max_gain_change=args.max_gain_change,
+                      max_gamma_change=args.max_gamma_change,
                       test_time_flips=args.test_time_flips),
         normalization=args.normalization,
         min_dice=args.min_dice,

@@ -63,6 +63,16 @@ def _add_patient_split_options(parser) -> None:
                         help="seed of the split by patient")
 
 
+def add_intensity_jitter_options(parser, defaults) -> None:
+    """The augmentation's intensity ranges (``lvseg run`` and ``lvseg-kubeflow compile``)."""
+    parser.add_argument("--max-gain-change", type=float, default=defaults.max_gain_change,
+                        metavar="X", help="augmentation multiplies the normalised image by a gain "
+                                          "drawn from [1 - X, 1 + X]")
+    parser.add_argument("--max-gamma-change", type=float, default=defaults.max_gamma_change,
+                        metavar="X", help="augmentation raises the normalised image to a gamma "
+                                          "drawn from [1 - X, 1 + X]")
+
+
 def _add_run_command(subparsers) -> None:
     from pipeline import local_runner
     from trainer import nets, preprocessing
@@ -97,6 +107,7 @@ def _add_run_command(subparsers) -> None:
                      help="elastic deformation when augmenting: standard deviation of the "
                           f"displacement in pixels, 0 = off (default {configs.DICOM_ELASTIC_PIXELS}"
                           f" with --dicom-root, else {defaults.elastic_pixels:g})")
+    add_intensity_jitter_options(run, defaults)
     run.add_argument("--synthetic-mix", type=float, default=None, metavar="SHARE",
                      help="share of training examples drawn from generated slices (default "
                           f"{configs.DICOM_SYNTHETIC_MIX} with --dicom-root, else 0)")
@@ -206,6 +217,8 @@ def _run(args) -> int:
                       elastic_pixels=_or_dicom_default(
                           args, args.elastic_pixels, configs.DICOM_ELASTIC_PIXELS,
                           general.elastic_pixels),
+                      max_gain_change=args.max_gain_change,
+                      max_gamma_change=args.max_gamma_change,
                       test_time_flips=_or_dicom_default(
                           args, args.test_time_flips, configs.DICOM_TEST_TIME_FLIPS,
                           general.test_time_flips)),

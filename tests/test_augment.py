@@ -1,8 +1,10 @@
 """Augmentation moves image and mask together and keeps the mask a mask."""
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
-from trainer import augment, records
+from trainer import augment, model, records
 
 N = records.IMAGE_SIZE
 
@@ -76,3 +78,19 @@ def test_displacement_by_whole_pixels_is_a_shift_with_zeros_beyond_the_edge():
     half = augment._displace(image, field * 0.5, nearest=False).numpy()[..., 0]
     np.testing.assert_allclose(half[10, 10], (image.numpy()[11, 8, 0] + image.numpy()[11, 9, 0])
                                / 2, atol=1e-3)
+
+
+def test_gain_range_comes_from_the_training_config():
+    config = model.TrainingConfig.from_custom_config(
+        {"max_gain_change": 0.3, "max_gamma_change": 0.0})
+    gain_only = dataclasses.replace(config.augment_config(), flips=False, max_rotation_degrees=0,
+                                    max_scale_change=0, max_shift_pixels=0)
+    assert gain_only.max_gain_change == 0.3 and gain_only.max_gamma_change == 0.0
+    tf.keras.utils.set_random_seed(6)
+    mask = _disk()
+    image = tf.fill([N, N, 1], 0.5)
+    centre = N // 2
+    gains = [float(augment.augment(image, tf.constant(mask), gain_only)[0][centre, centre, 0])
+             / 0.5 for _ in range(40)]
+    assert 0.7 <= min(gains) and max(gains) <= 1.3
+    assert max(gains) - min(gains) > 0.3  # wider than the +-0.15 that missed real slices

@@ -199,8 +199,11 @@ def test_dicom_folders_train_gate_and_push(tmp_path, capsys):
     assert {s.patient_id for s in eval_slices} == set(ingest["splits"]["eval"]["patients"])
     assert all(s.pixel_spacing is not None for s in eval_slices)
     # DICOM runs augment with elastic deformation by default (the model card says what ran) ...
+    defaults = configs.DEFAULT_TRAINING
     with open(model_card.pushed_card_path(summary.pushed_path)) as f:
-        assert f"augmentation on (elastic {configs.DICOM_ELASTIC_PIXELS:g} px)" in f.read()
+        assert (f"augmentation on (gain ±{defaults.max_gain_change:g}, "
+                f"gamma ±{defaults.max_gamma_change:g}, "
+                f"elastic {configs.DICOM_ELASTIC_PIXELS:g} px)") in f.read()
     # ... and export flip averaging by default: averaged over all four flips, the served
     # probability of a flipped image is the flipped probability (a plain net is not symmetric).
     predict = tf.saved_model.load(summary.pushed_path).signatures[signatures.SERVING_RAW_IMAGE]

@@ -118,6 +118,8 @@ def test_generated_training_slices_go_through_the_saved_transform_graph(slices, 
     ({"model": "resnet"}, "model must be one of"),
     ({"unet_norm": "layer"}, "unet_norm must be one of"),
     ({"elastic_pixels": -1.0}, "elastic_pixels must be >= 0"),
+    ({"max_gain_change": 1.0}, r"max_gain_change must be in \[0, 1\)"),
+    ({"max_gamma_change": -0.1}, r"max_gamma_change must be in \[0, 1\)"),
     ({"dropout": 0.1}, "unknown training option"),
 ])
 def test_training_config_rejects_bad_options(options, message):

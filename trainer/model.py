@@ -16,7 +16,8 @@ import tensorflow_transform as tft
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from trainer import augment, dice, nets, preprocessing, records, signatures, synthetic_data
+from trainer import augment as augmentation  # TrainingConfig.augment is a field
+from trainer import dice, nets, preprocessing, records, signatures, synthetic_data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,9 @@ class TrainingConfig:
     dice_loss_weight: float = 1.0  # loss = cross-entropy + weight * (1 - soft Dice)
     augment: bool = True  # flips, rotation, scaling, shifts, gain and gamma (trainer.augment)
     elastic_pixels: float = 0.0  # elastic deformation when augmenting (trainer.augment); 0 = off
+    # intensity jitter when augmenting: gain in [1 - x, 1 + x], gamma in [1 - y, 1 + y]
+    max_gain_change: float = augmentation.AugmentConfig.max_gain_change
+    max_gamma_change: float = augmentation.AugmentConfig.max_gamma_change
     unet_base_filters: int = 16
     unet_norm: str = nets.BATCH_NORM  # or GROUP_NORM (README, "Training on real patients")
     seed: Optional[int] = 42  # seeds weights and shuffling; None for a different run each time
@@ -65,6 +69,9 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}")
         if config.elastic_pixels < 0:
             raise ValueError(f"elastic_pixels must be >= 0, got {config.elastic_pixels}")
+        for name in ("max_gain_change", "max_gamma_change"):
+            if not 0.0 <= getattr(config, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(config, name)}")
         if not config.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {config.learning_rate}")
         if not 0.0 <= config.synthetic_mix < 1.0:
@@ -72,6 +79,12 @@ class TrainingConfig:
         if config.synthetic_mix and config.synthetic_patients < 1:
             raise ValueError("synthetic_patients must be at least 1 when synthetic_mix > 0")
         return config
+
+    def augment_config(self) -> augmentation.AugmentConfig:
+        """The augmentation these settings ask for (geometry ranges are the module's)."""
+        return augmentation.AugmentConfig(elastic_pixels=self.elastic_pixels,
+                                     max_gain_change=self.max_gain_change,
+                                     max_gamma_change=self.max_gamma_change)
 
 
 def _distribution_strategy() -> tf.distribute.Strategy:
@@ -142,9 +155,10 @@ def training_batches(examples: tf.data.Dataset, generated: Optional[tf.data.Data
             [dataset, generated], weights=[1.0 - config.synthetic_mix, config.synthetic_mix],
             seed=config.seed)
     if config.augment:
-        augment_config = augment.AugmentConfig(elastic_pixels=config.elastic_pixels)
-        dataset = dataset.map(lambda image, label: augment.augment(image, label, augment_config),
-                              num_parallel_calls=tf.data.AUTOTUNE)
+        augment_config = config.augment_config()
+        dataset = dataset.map(
+            lambda image, label: augmentation.augment(image, label, augment_config),
+            num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

@@ -50,6 +50,17 @@ def _metrics_table(rows: List[Dict[str, object]]) -> List[str]:
     return lines
 
 
+def _augmentation(config: Dict[str, object]) -> str:
+    """The training config's augmentation ranges that differ between runs, e.g. ``gain ±0.3,
+    gamma ±0.4, elastic 4 px`` (configs saved before a setting existed leave it out)."""
+    parts = [f"{name} ±{config[key]:g}" for name, key in (("gain", "max_gain_change"),
+                                                          ("gamma", "max_gamma_change"))
+             if config.get(key) is not None]
+    if config.get("elastic_pixels"):
+        parts.append(f"elastic {config['elastic_pixels']:g} px")
+    return ", ".join(parts)
+
+
 def _data_description(facts: RunFacts) -> str:
     example_gen = facts.stage("SunnybrookExampleGen", "ImportExampleGen")
     if example_gen is None:
@@ -85,8 +96,7 @@ def render_model_card(facts: RunFacts, rows, rules, per_image, generated: str) -
         f"- Training: {facts.train_steps} steps, batch {config.get('batch_size')}, "
         f"learning rate {config.get('learning_rate')}, augmentation "
         f"{'on' if config.get('augment') else 'off'}"
-        + (f" (elastic {config.get('elastic_pixels'):g} px)"
-           if config.get("augment") and config.get("elastic_pixels") else "")
+        + (f" ({_augmentation(config)})" if config.get("augment") and _augmentation(config) else "")
         + f", generated-slice share "
         f"{config.get('synthetic_mix', 0)}, seed {config.get('seed')}.",
         "",
