@@ -83,8 +83,8 @@ class TrainingConfig:
     def augment_config(self) -> augmentation.AugmentConfig:
         """The augmentation these settings ask for (geometry ranges are the module's)."""
         return augmentation.AugmentConfig(elastic_pixels=self.elastic_pixels,
-                                     max_gain_change=self.max_gain_change,
-                                     max_gamma_change=self.max_gamma_change)
+                                          max_gain_change=self.max_gain_change,
+                                          max_gamma_change=self.max_gamma_change)
 
 
 def _distribution_strategy() -> tf.distribute.Strategy:
