@@ -75,6 +75,7 @@ def _data_description(facts: RunFacts) -> str:
 def render_model_card(facts: RunFacts, rows, rules, per_image, generated: str) -> str:
     summary = facts.summary
     config = facts.training_config
+    augmentation = _augmentation(config)
     data = _data_description(facts)
     lines = [
         f"# Model card: {facts.pipeline_name}",
@@ -96,7 +97,7 @@ def render_model_card(facts: RunFacts, rows, rules, per_image, generated: str) -
         f"- Training: {facts.train_steps} steps, batch {config.get('batch_size')}, "
         f"learning rate {config.get('learning_rate')}, augmentation "
         f"{'on' if config.get('augment') else 'off'}"
-        + (f" ({_augmentation(config)})" if config.get("augment") and _augmentation(config) else "")
+        + (f" ({augmentation})" if config.get("augment") and augmentation else "")
         + f", generated-slice share "
         f"{config.get('synthetic_mix', 0)}, seed {config.get('seed')}.",
         "",
