@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/lopo_sunnybrook.py [--subset ../shared/data/sunnybrook-subset]
         [--train-steps 600] [--synthetic-mix 0.5] [--elastic-pixels 4] [--[no-]test-time-flips]
-        [--max-gain-change 0.3] [--max-gamma-change 0.4]
+        [--max-gain-change 0.3] [--max-gamma-change 0.4] [--ensemble-size N]
         [--seed 42] [--work-dir DIR] [--patients ID ...]
 
 For each patient of the subset, the labelled slices of the other patients are the train split and
@@ -58,6 +58,7 @@ def run_fold(data_root: str, output_root: str, args) -> dict:
                "--train-steps", str(args.train_steps), "--synthetic-mix", str(args.synthetic_mix),
                "--seed", str(args.seed),
                "--unet-norm", args.unet_norm, "--dice-loss-weight", str(args.dice_loss_weight),
+               "--ensemble-size", str(args.ensemble_size),
                "--elastic-pixels", str(args.elastic_pixels),
                "--max-gain-change", str(args.max_gain_change),
                "--max-gamma-change", str(args.max_gamma_change), "--min-dice", "0",
@@ -84,6 +85,8 @@ def main(argv=None) -> int:
     parser.add_argument("--train-steps", type=int, default=600)
     parser.add_argument("--synthetic-mix", type=float, default=configs.DICOM_SYNTHETIC_MIX)
     parser.add_argument("--unet-norm", default=configs.DEFAULT_TRAINING.unet_norm)
+    parser.add_argument("--ensemble-size", type=int,
+                        default=configs.DEFAULT_TRAINING.ensemble_size)
     parser.add_argument("--dice-loss-weight", type=float,
                         default=configs.DEFAULT_TRAINING.dice_loss_weight)
     parser.add_argument("--elastic-pixels", type=float,
@@ -121,6 +124,7 @@ def main(argv=None) -> int:
         "train_steps": args.train_steps,
         "synthetic_mix": args.synthetic_mix,
         "unet_norm": args.unet_norm,
+        "ensemble_size": args.ensemble_size,
         "dice_loss_weight": args.dice_loss_weight,
         "elastic_pixels": args.elastic_pixels,
         "max_gain_change": args.max_gain_change,

@@ -40,3 +40,17 @@ def test_unet_with_group_norm_has_no_running_statistics():
     assert not any(layer.name.endswith(("_bn1", "_bn2")) for layer in model.layers)
     with pytest.raises(ValueError, match="norm layer must be one of"):
         nets.build_model(nets.UNET, unet_norm="layer")
+
+
+def test_ensemble_probability_is_the_members_mean():
+    import tensorflow as tf
+
+    members = [nets.build_model(nets.UNET, unet_base_filters=8, model_name=f"unet_{i}")
+               for i in range(3)]
+    ensemble = nets.build_ensemble(members)
+    images = np.random.default_rng(0).uniform(0, 1, (2, records.IMAGE_SIZE, records.IMAGE_SIZE, 1))
+    members_mean = np.mean([tf.nn.softmax(member(images)).numpy() for member in members], axis=0)
+    np.testing.assert_allclose(tf.nn.softmax(ensemble(images)).numpy(), members_mean, atol=1e-6)
+    assert len(ensemble.trainable_weights) == 3 * len(members[0].trainable_weights)
+    with pytest.raises(ValueError, match="at least 2 members"):
+        nets.build_ensemble(members[:1])

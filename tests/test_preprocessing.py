@@ -1,5 +1,6 @@
 """preprocessing_fn run through tf.Transform (Beam, in process) on a few generated records, and
 the Trainer's generated-slice mix through the saved transform graph."""
+import dataclasses
 import os
 
 import apache_beam as beam
@@ -115,6 +116,7 @@ def test_generated_training_slices_go_through_the_saved_transform_graph(slices, 
     ({"synthetic_mix": -0.1}, "synthetic_mix must be in"),
     ({"synthetic_mix": 0.5, "synthetic_patients": 0}, "synthetic_patients"),
     ({"epochs": 0}, "epochs must be at least 1"),
+    ({"ensemble_size": 0}, "ensemble_size must be at least 1"),
     ({"model": "resnet"}, "model must be one of"),
     ({"unet_norm": "layer"}, "unet_norm must be one of"),
     ({"elastic_pixels": -1.0}, "elastic_pixels must be >= 0"),
@@ -125,3 +127,13 @@ def test_generated_training_slices_go_through_the_saved_transform_graph(slices, 
 def test_training_config_rejects_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
         model.TrainingConfig.from_custom_config(options)
+
+
+def test_ensemble_members_differ_only_in_consecutive_seeds():
+    config = model.TrainingConfig(seed=42, ensemble_size=3)
+    members = model.member_configs(config)
+    assert [member.seed for member in members] == [42, 43, 44]
+    assert members[0] == config
+    assert all(dataclasses.replace(member, seed=42) == config for member in members)
+    unseeded = model.TrainingConfig(seed=None, ensemble_size=2)
+    assert [member.seed for member in model.member_configs(unseeded)] == [None, None]

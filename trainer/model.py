@@ -1,14 +1,15 @@
 """TFX Trainer entry point: ``run_fn`` (``Trainer(run_fn='trainer.model.run_fn')``).
 
-Reads the transformed examples, trains the chosen network with cross-entropy + soft-Dice loss,
-logs to TensorBoard in the model run directory and exports a SavedModel with the signatures of
-:mod:`trainer.signatures`. Uses ``MirroredStrategy`` over all visible GPUs, the default
+Reads the transformed examples, trains the chosen network with cross-entropy + soft-Dice loss
+(or ``ensemble_size`` of them, one after the other), logs to TensorBoard in the model run
+directory and exports a SavedModel with the signatures of :mod:`trainer.signatures`. Uses ``MirroredStrategy`` over all visible GPUs, the default
 (single-device) strategy on CPU.
 """
 import dataclasses
 import json
 import math
-from typing import Optional
+import os
+from typing import List, Optional
 
 from absl import logging
 import tensorflow as tf
@@ -47,6 +48,11 @@ class TrainingConfig:
     # the net (measured on the Sunnybrook subset: README, "Training on real patients").
     synthetic_mix: float = 0.0
     synthetic_patients: int = 20  # generated patients (13 slices each) when synthetic_mix > 0
+    # A deep ensemble: this many networks, trained one after the other with seeds seed, seed + 1,
+    # ... (weights, order of examples, augmentation, generated slices), exported as one model
+    # that averages their LV probabilities (nets.build_ensemble). Each member costs a training
+    # run and a forward pass per served image (README, "Training on real patients").
+    ensemble_size: int = 1
     # Export option: the serving signatures average the LV probability over the four flips of
     # the image (trainer.tta); four forward passes per image (README, "Training on real patients").
     test_time_flips: bool = False
@@ -64,7 +70,7 @@ class TrainingConfig:
                              f"got {config.unet_norm!r}")
         if config.model not in nets.MODEL_NAMES:
             raise ValueError(f"model must be one of {nets.MODEL_NAMES}, got {config.model!r}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "ensemble_size"):
             if getattr(config, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(config, name)}")
         if config.elastic_pixels < 0:
@@ -174,12 +180,13 @@ def build_loss(dice_loss_weight: float):
     return segmentation_loss
 
 
-def build_compiled_model(config: TrainingConfig, total_steps: int) -> tf.keras.Model:
+def build_compiled_model(config: TrainingConfig, total_steps: int,
+                         name: Optional[str] = None) -> tf.keras.Model:
     """The network with Adam, its learning rate decaying to zero over ``total_steps`` (cosine):
     the last epochs settle the weights instead of leaving them wherever the last step threw them
     (with a constant rate, one measured run's eval Dice fell from 0.97 to 0.73 in its last epoch)."""
     model = nets.build_model(config.model, unet_base_filters=config.unet_base_filters,
-                             unet_norm=config.unet_norm)
+                             unet_norm=config.unet_norm, model_name=name)
     learning_rate = tf.keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(total_steps, 1))
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
@@ -188,24 +195,27 @@ def build_compiled_model(config: TrainingConfig, total_steps: int) -> tf.keras.M
     return model
 
 
-def run_fn(fn_args: tfx.components.FnArgs):
-    """Trains the model and exports it to ``fn_args.serving_model_dir``."""
-    config = TrainingConfig.from_custom_config(fn_args.custom_config)
-    logging.info("Training config: %s", json.dumps(dataclasses.asdict(config)))
+def member_configs(config: TrainingConfig) -> List[TrainingConfig]:
+    """The training settings of each ensemble member: ``config`` with seeds ``seed``,
+    ``seed + 1``, ... (all ``None`` when ``config.seed`` is; the first member is ``config``)."""
+    return [dataclasses.replace(config, seed=None if config.seed is None else config.seed + index)
+            for index in range(config.ensemble_size)]
+
+
+def train_model(config: TrainingConfig, fn_args: tfx.components.FnArgs,
+                tf_transform_output: tft.TFTransformOutput, strategy: tf.distribute.Strategy,
+                log_dir: str, name: Optional[str] = None) -> tf.keras.Model:
+    """One network trained for ``fn_args.train_steps`` steps with ``config``'s seed."""
     if config.seed is not None:
         tf.keras.utils.set_random_seed(config.seed)
-        tf.config.experimental.enable_op_determinism()
-
-    strategy = _distribution_strategy()
     global_batch_size = config.batch_size * strategy.num_replicas_in_sync
-    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     train_dataset = input_dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
                                   config, global_batch_size, training=True)
     eval_dataset = input_dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
                                  config, global_batch_size, training=False)
 
     with strategy.scope():
-        model = build_compiled_model(config, fn_args.train_steps)
+        model = build_compiled_model(config, fn_args.train_steps, name=name)
 
     epochs = min(config.epochs, fn_args.train_steps)
     model.fit(
@@ -213,9 +223,37 @@ def run_fn(fn_args: tfx.components.FnArgs):
         epochs=epochs,
         steps_per_epoch=math.ceil(fn_args.train_steps / epochs),
         validation_data=eval_dataset,
-        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir,
-                                                  update_freq="epoch")],
+        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq="epoch")],
         verbose=2)
+    return model
+
+
+def run_fn(fn_args: tfx.components.FnArgs):
+    """Trains the model (or each member of the ensemble) and exports it to
+    ``fn_args.serving_model_dir``. The first member logs to ``fn_args.model_run_dir`` (the run
+    report's training curves), member k > 0 to ``member_k/`` under it."""
+    config = TrainingConfig.from_custom_config(fn_args.custom_config)
+    logging.info("Training config: %s", json.dumps(dataclasses.asdict(config)))
+    if config.seed is not None:
+        tf.config.experimental.enable_op_determinism()
+
+    strategy = _distribution_strategy()
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    members = []
+    for index, member_config in enumerate(member_configs(config)):
+        if config.ensemble_size > 1:
+            print(f"ensemble member {index + 1} of {config.ensemble_size} "
+                  f"(seed {member_config.seed})", flush=True)
+        log_dir = fn_args.model_run_dir if index == 0 else os.path.join(fn_args.model_run_dir,
+                                                                        f"member_{index}")
+        members.append(train_model(
+            member_config, fn_args, tf_transform_output, strategy, log_dir,
+            name=f"{config.model}_{index}" if config.ensemble_size > 1 else None))
+    if len(members) == 1:
+        model = members[0]
+    else:
+        with strategy.scope():
+            model = nets.build_ensemble(members)
 
     model.save(fn_args.serving_model_dir, save_format="tf",
                signatures=signatures.build_signatures(model, tf_transform_output,

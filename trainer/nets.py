@@ -4,6 +4,8 @@ Both map a normalised image ``[B, 256, 256, 1]`` to per-pixel logits ``[B, 256, 
 (class 0 = not LV, class 1 = LV), so the loss, the Dice metric and the serving signatures do not
 care which one was trained.
 """
+from typing import Optional, Sequence
+
 import tensorflow as tf
 
 from trainer import records
@@ -16,7 +18,7 @@ _INPUT_SHAPE = (records.IMAGE_SIZE, records.IMAGE_SIZE, 1)
 _FULL_RES_FILTERS = 8
 
 
-def build_lab_fcn() -> tf.keras.Model:
+def build_lab_fcn(name: str = LAB_FCN) -> tf.keras.Model:
     """The lab's net, layer for layer: two strided conv/pool stages, two 3x3 convs, a 1x1 class
     conv and one 31x31 transpose convolution with stride 16 back to full resolution."""
     layers = tf.keras.layers
@@ -30,7 +32,7 @@ def build_lab_fcn() -> tf.keras.Model:
     x = layers.Conv2D(records.NUM_CLASSES, 1, padding="same")(x)
     logits = layers.Conv2DTranspose(records.NUM_CLASSES, 31, strides=16, padding="same",
                                     name="logits")(x)
-    return tf.keras.Model(inputs, logits, name=LAB_FCN)
+    return tf.keras.Model(inputs, logits, name=name)
 
 
 # Batch-norm statistics must settle within the few hundred steps a CPU run trains for; Keras'
@@ -62,7 +64,8 @@ def _conv_block(x, filters: int, name: str, norm: str = BATCH_NORM):
     return x
 
 
-def build_unet(base_filters: int = 16, depth: int = 3, norm: str = BATCH_NORM) -> tf.keras.Model:
+def build_unet(base_filters: int = 16, depth: int = 3, norm: str = BATCH_NORM,
+               name: str = UNET) -> tf.keras.Model:
     """U-Net (Ronneberger et al. 2015) with transpose-convolution upsampling, sized for CPUs.
 
     A strided 3x3 stem halves the resolution first and the U-Net (``depth`` pooling steps,
@@ -91,13 +94,35 @@ def build_unet(base_filters: int = 16, depth: int = 3, norm: str = BATCH_NORM) -
     x = layers.Concatenate(name="skip_image")([x, inputs])
     x = layers.Conv2D(_FULL_RES_FILTERS, 3, padding="same", activation="relu", name="refine")(x)
     logits = layers.Conv2D(records.NUM_CLASSES, 1, name="logits")(x)
-    return tf.keras.Model(inputs, logits, name=UNET)
+    return tf.keras.Model(inputs, logits, name=name)
 
 
-def build_model(name: str, unet_base_filters: int = 16,
-                unet_norm: str = BATCH_NORM) -> tf.keras.Model:
+def build_model(name: str, unet_base_filters: int = 16, unet_norm: str = BATCH_NORM,
+                model_name: Optional[str] = None) -> tf.keras.Model:
+    """The net called ``name`` (one of ``MODEL_NAMES``); the Keras model is called
+    ``model_name`` (default ``name``), so the members of an ensemble differ."""
     if name == UNET:
-        return build_unet(base_filters=unet_base_filters, norm=unet_norm)
+        return build_unet(base_filters=unet_base_filters, norm=unet_norm,
+                          name=model_name or name)
     if name == LAB_FCN:
-        return build_lab_fcn()
+        return build_lab_fcn(name=model_name or name)
     raise ValueError(f"model must be one of {MODEL_NAMES}, got {name!r}")
+
+
+ENSEMBLE = "ensemble"
+_MIN_PROBABILITY = 1e-7  # keeps log() finite where every member is certain
+
+
+def build_ensemble(members: Sequence[tf.keras.Model]) -> tf.keras.Model:
+    """One model of several trained nets (names must differ): its logits are the log of the
+    members' mean class probabilities, so their softmax, which the loss, Dice and the serving
+    signatures take, is the members' average probability (a deep ensemble, Lakshminarayanan et
+    al. 2017)."""
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+    inputs = tf.keras.Input(shape=_INPUT_SHAPE, name="image")
+    probabilities = [tf.nn.softmax(member(inputs, training=False), axis=-1)
+                     for member in members]
+    mean = tf.keras.layers.Average(name="mean_probability")(probabilities)
+    logits = tf.math.log(tf.maximum(mean, _MIN_PROBABILITY))
+    return tf.keras.Model(inputs, logits, name=ENSEMBLE)
