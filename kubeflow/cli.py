@@ -69,6 +69,9 @@ def _add_compile_command(commands) -> None:
                         metavar="PIXELS", help="elastic deformation when augmenting (pixels; use "
                         f"{configs.DICOM_ELASTIC_PIXELS} for a few real patients)")
     local_cli.add_intensity_jitter_options(params, defaults)
+    params.add_argument("--ensemble-size", type=int, default=defaults.ensemble_size,
+                        metavar="N", help="train N networks and export one model averaging "
+                        f"them (use {configs.DICOM_ENSEMBLE_SIZE} for a few real patients)")
     params.add_argument("--test-time-flips", action=argparse.BooleanOptionalAction,
                         default=defaults.test_time_flips,
                         help="export a model that averages its prediction over the image's four "
@@ -159,6 +162,7 @@ def _compile(args) -> int:
                       synthetic_mix=args.synthetic_mix, elastic_pixels=args.elastic_pixels,
                       max_gain_change=args.max_gain_change,
                       max_gamma_change=args.max_gamma_change,
+                      ensemble_size=args.ensemble_size,
                       test_time_flips=args.test_time_flips),
         normalization=args.normalization,
         min_dice=args.min_dice,

@@ -97,10 +97,11 @@ def _add_run_command(subparsers) -> None:
                           f"{configs.DICOM_TRAIN_STEPS} with --dicom-root)")
     run.add_argument("--unet-norm", choices=nets.NORM_LAYERS, default=defaults.unet_norm,
                      help="normalisation layers of the U-Net")
-    run.add_argument("--ensemble-size", type=int, default=defaults.ensemble_size, metavar="N",
+    run.add_argument("--ensemble-size", type=int, default=None, metavar="N",
                      help="train N networks (seeds seed, seed + 1, ...) and export one model "
                           "averaging their LV probabilities: N times the training, N forward "
-                          "passes per served image")
+                          f"passes per served image (default {configs.DICOM_ENSEMBLE_SIZE} with "
+                          f"--dicom-root, else {defaults.ensemble_size})")
     run.add_argument("--epochs", type=int, default=defaults.epochs)
     run.add_argument("--batch-size", type=int, default=defaults.batch_size)
     run.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
@@ -215,7 +216,9 @@ def _run(args) -> int:
         training=dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                       learning_rate=args.learning_rate, seed=args.seed,
                       dice_loss_weight=args.dice_loss_weight, unet_norm=args.unet_norm,
-                      ensemble_size=args.ensemble_size,
+                      ensemble_size=_or_dicom_default(
+                          args, args.ensemble_size, configs.DICOM_ENSEMBLE_SIZE,
+                          general.ensemble_size),
                       synthetic_mix=_or_dicom_default(
                           args, args.synthetic_mix, configs.DICOM_SYNTHETIC_MIX,
                           general.synthetic_mix),

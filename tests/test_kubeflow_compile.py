@@ -248,13 +248,14 @@ def test_slice_gate_options_set_the_eval_config_default(tmp_path, no_network, op
 
 def test_yaml_output_is_the_pipeline_spec_with_defaults(tmp_path, no_network):
     path = _compile(tmp_path / "lv.yaml", "--train-steps", "1000", "--model", "lab_fcn",
-                    "--max-gain-change", "0.2", "--max-gamma-change", "0.1")
+                    "--max-gain-change", "0.2", "--max-gamma-change", "0.1",
+                    "--ensemble-size", "3")
     with open(path) as f:
         spec = json_format.ParseDict(yaml.safe_load(f), pipeline_spec_pb2.PipelineSpec())
     parameters = spec.root.input_definitions.parameters
     assert json.loads(parameters[configs.TRAIN_ARGS_PARAMETER].default_value.string_value) == {
         "num_steps": 1000}
     training = json.loads(parameters[configs.TRAINING_CONFIG_PARAMETER].default_value.string_value)
-    assert (training["model"], training["max_gain_change"], training["max_gamma_change"]) == (
-        "lab_fcn", 0.2, 0.1)
+    assert (training["model"], training["max_gain_change"], training["max_gamma_change"],
+            training["ensemble_size"]) == ("lab_fcn", 0.2, 0.1, 3)
     assert spec.schema_version == "2.1.0"

@@ -4,6 +4,7 @@ Few-step training is only repeatable because the Trainer seeds weights and shuff
 TensorFlow's op determinism (trainer.model.run_fn); the gate tests rely on that, and on thresholds
 no model can meet, never on luck.
 """
+import glob
 import json
 import os
 
@@ -201,9 +202,16 @@ def test_dicom_folders_train_gate_and_push(tmp_path, capsys):
     # DICOM runs augment with elastic deformation by default (the model card says what ran) ...
     defaults = configs.DEFAULT_TRAINING
     with open(model_card.pushed_card_path(summary.pushed_path)) as f:
-        assert (f"augmentation on (gain ±{defaults.max_gain_change:g}, "
-                f"gamma ±{defaults.max_gamma_change:g}, "
-                f"elastic {configs.DICOM_ELASTIC_PIXELS:g} px)") in f.read()
+        card = f.read()
+    assert (f"augmentation on (gain ±{defaults.max_gain_change:g}, "
+            f"gamma ±{defaults.max_gamma_change:g}, "
+            f"elastic {configs.DICOM_ELASTIC_PIXELS:g} px)") in card
+    # ... and train an ensemble, each member with its own seed and training curves
+    size, seed = configs.DICOM_ENSEMBLE_SIZE, defaults.seed
+    assert f"an ensemble of {size} (seeds {seed}-{seed + size - 1})" in card
+    (model_run,) = glob.glob(os.path.join(run.pipeline_root, "Trainer", "model_run", "*"))
+    assert sorted(name for name in os.listdir(model_run) if name.startswith("member_")) == [
+        f"member_{index}" for index in range(1, size)]
     # ... and export flip averaging by default: averaged over all four flips, the served
     # probability of a flipped image is the flipped probability (a plain net is not symmetric).
     predict = tf.saved_model.load(summary.pushed_path).signatures[signatures.SERVING_RAW_IMAGE]

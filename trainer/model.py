@@ -2,8 +2,8 @@
 
 Reads the transformed examples, trains the chosen network with cross-entropy + soft-Dice loss
 (or ``ensemble_size`` of them, one after the other), logs to TensorBoard in the model run
-directory and exports a SavedModel with the signatures of :mod:`trainer.signatures`. Uses ``MirroredStrategy`` over all visible GPUs, the default
-(single-device) strategy on CPU.
+directory and exports a SavedModel with the signatures of :mod:`trainer.signatures`. Uses
+``MirroredStrategy`` over all visible GPUs, the default (single-device) strategy on CPU.
 """
 import dataclasses
 import json

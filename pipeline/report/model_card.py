@@ -61,6 +61,15 @@ def _augmentation(config: Dict[str, object]) -> str:
     return ", ".join(parts)
 
 
+def _ensemble(config: Dict[str, object]) -> str:
+    """For an ensemble, e.g. ``, an ensemble of 3 (seeds 42-44) whose ...``; else nothing."""
+    size, seed = config.get("ensemble_size") or 1, config.get("seed")
+    if size < 2:
+        return ""
+    seeds = f"seeds {seed}-{seed + size - 1}" if seed is not None else "unseeded"
+    return f", an ensemble of {size} ({seeds}) whose LV probabilities are averaged"
+
+
 def _data_description(facts: RunFacts) -> str:
     example_gen = facts.stage("SunnybrookExampleGen", "ImportExampleGen")
     if example_gen is None:
@@ -89,6 +98,7 @@ def render_model_card(facts: RunFacts, rows, rules, per_image, generated: str) -
         f"- Network: {config.get('model', '?')}"
         + (f" (base filters {config.get('unet_base_filters')}, {config.get('unet_norm')} norm)"
            if config.get("model") == "unet" else "")
+        + _ensemble(config)
         + "; input one 256x256 slice (int64 pixel values or a lab-schema tf.Example), "
           "normalised inside the graph by the saved Transform; output LV probability"
         + (" (averaged over the image's four flips)" if config.get("test_time_flips") else "")
