@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/lopo_sunnybrook.py [--subset ../shared/data/sunnybrook-subset]
         [--train-steps 600] [--synthetic-mix 0.5] [--elastic-pixels 4] [--[no-]test-time-flips]
-        [--max-gain-change 0.3] [--max-gamma-change 0.4] [--ensemble-size N]
+        [--max-gain-change 0.3] [--max-gamma-change 0.4] [--ensemble-size 3]
         [--seed 42] [--work-dir DIR] [--patients ID ...]
 
 For each patient of the subset, the labelled slices of the other patients are the train split and
@@ -85,8 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train-steps", type=int, default=600)
     parser.add_argument("--synthetic-mix", type=float, default=configs.DICOM_SYNTHETIC_MIX)
     parser.add_argument("--unet-norm", default=configs.DEFAULT_TRAINING.unet_norm)
-    parser.add_argument("--ensemble-size", type=int,
-                        default=configs.DEFAULT_TRAINING.ensemble_size)
+    parser.add_argument("--ensemble-size", type=int, default=configs.DICOM_ENSEMBLE_SIZE)
     parser.add_argument("--dice-loss-weight", type=float,
                         default=configs.DEFAULT_TRAINING.dice_loss_weight)
     parser.add_argument("--elastic-pixels", type=float,
