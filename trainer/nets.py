@@ -2,7 +2,7 @@
 
 Both map a normalised image ``[B, 256, 256, 1]`` to per-pixel logits ``[B, 256, 256, 2]``
 (class 0 = not LV, class 1 = LV), so the loss, the Dice metric and the serving signatures do not
-care which one was trained.
+care which one was trained; :func:`build_ensemble` makes one such model of several trained nets.
 """
 from typing import Optional, Sequence
 
