@@ -1,6 +1,7 @@
 """Both networks map [B, 256, 256, 1] images to [B, 256, 256, 2] logits."""
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from trainer import nets, records
 
@@ -43,8 +44,6 @@ def test_unet_with_group_norm_has_no_running_statistics():
 
 
 def test_ensemble_probability_is_the_members_mean():
-    import tensorflow as tf
-
     members = [nets.build_model(nets.UNET, unet_base_filters=8, model_name=f"unet_{i}")
                for i in range(3)]
     ensemble = nets.build_ensemble(members)
