@@ -1,8 +1,11 @@
 """``lvseg kubeflow``: compile the pipeline for Kubeflow Pipelines, and start runs of it.
 
     lvseg kubeflow compile --image IMAGE --pipeline-root URI --data-root URI --serving-dir URI
-                           [--output FILE] [training, gate, Beam and Trainer resource options]
-    lvseg kubeflow submit --host URL --package FILE [--train-steps N --model M --min-dice D]
+                           [--target kfp|vertex] [--output FILE]
+                           [training, gate, Beam and resource options]
+    lvseg kubeflow submit --host URL [--package FILE] [--token T | --cookie C]
+                          [--train-steps N --model M --min-dice D --param NAME=JSON]
+    lvseg kubeflow submit --target vertex --project P --region R [--package FILE] [...]
 
 ``register(subparsers)`` adds the ``kubeflow`` command to the ``lvseg`` parser.
 """
@@ -12,7 +15,7 @@ import sys
 from pipeline import configs
 
 EXIT_SUBMIT_FAILED = 1
-DEFAULT_OUTPUT = f"{configs.PIPELINE_NAME}.json"
+KFP, VERTEX = "kfp", "vertex"  # kubeflow.targets' names, without importing TFX for --help
 
 
 def register(subparsers) -> None:
@@ -24,15 +27,20 @@ def register(subparsers) -> None:
 
 
 def _add_compile_command(commands) -> None:
-    from kubeflow import beam_settings, runner
+    from kubeflow import beam_settings, resources, runner
     from pipeline import cli as local_cli
     from trainer import nets, preprocessing
 
     defaults = configs.DEFAULT_TRAINING
     compile_ = commands.add_parser(
         "compile", help="compile to a pipeline spec (no cloud access needed)",
-        description="Compiles the pipeline for Kubeflow Pipelines 2 (TFX KubeflowV2DagRunner). "
-                    "Nothing is read or uploaded: URIs may be gs:// on a machine without network.")
+        description="Compiles the pipeline for Kubeflow Pipelines 2 (TFX KubeflowV2DagRunner): "
+                    "--target kfp for open-source Kubeflow Pipelines (default), vertex for "
+                    "Vertex AI Pipelines. Nothing is read or uploaded: URIs may be gs:// on a "
+                    "machine without network.")
+    compile_.add_argument("--target", choices=(KFP, VERTEX), default=KFP,
+                          help="kfp: open-source Kubeflow Pipelines 2 (default); vertex: Vertex "
+                               "AI Pipelines")
     compile_.add_argument("--image", required=True,
                           help="the pipeline image (see Dockerfile), e.g. REGISTRY/lvseg:TAG")
     compile_.add_argument("--pipeline-root", required=True,
@@ -41,10 +49,11 @@ def _add_compile_command(commands) -> None:
     compile_.add_argument("--serving-dir", required=True,
                           help=f"serving root: versions are pushed to "
                                f"<serving-dir>/{configs.MODEL_NAME}/<version>/")
-    compile_.add_argument("--output", default=DEFAULT_OUTPUT,
-                          help="the compiled file: .json (PipelineJob, as Vertex AI takes it) or "
-                               f".yaml (PipelineSpec, as the Kubeflow UI takes it); "
-                               f"default {DEFAULT_OUTPUT}")
+    compile_.add_argument("--output",
+                          help="the compiled file: .yaml (PipelineSpec, as the Kubeflow UI and "
+                               "client take it) or, for --target vertex, .json (PipelineJob); "
+                               f"default {runner.DEFAULT_OUTPUTS[KFP]} (kfp), "
+                               f"{runner.DEFAULT_OUTPUTS[VERTEX]} (vertex)")
     compile_.add_argument("--pipeline-name", default=configs.PIPELINE_NAME)
     compile_.add_argument("--hash-split", action="store_true",
                           help="read every file under the data root and hash-split it 9:1, "
@@ -91,9 +100,6 @@ def _add_compile_command(commands) -> None:
                             help="gate on overall Dice only")
     compile_.add_argument("--normalization", choices=preprocessing.NORMALIZATIONS,
                           default=configs.DEFAULT_NORMALIZATION)
-    compile_.add_argument("--no-baseline", action="store_true",
-                          help="no latest-blessed-model Resolver (open-source Kubeflow "
-                               "Pipelines cannot run it); the gate is then --min-dice alone")
     compile_.add_argument("--no-cache", action="store_true", help="disable Kubeflow's task cache")
 
     beam = compile_.add_argument_group("Beam (ExampleGen, StatisticsGen, Transform, Evaluator)")
@@ -115,33 +121,85 @@ def _add_compile_command(commands) -> None:
     beam.add_argument("--beam-arg", action="append", dest="beam_args", default=[],
                       metavar="ARG", help="any other Beam option, repeatable")
 
-    resources = compile_.add_argument_group("Trainer resources (default: the cluster's)")
-    resources.add_argument("--trainer-cpus", type=float)
-    resources.add_argument("--trainer-memory-gb", type=float)
-    resources.add_argument("--trainer-gpus", type=int, default=0)
-    resources.add_argument("--gpu-type", default=runner.DEFAULT_GPU_TYPE,
-                           help=f"default {runner.DEFAULT_GPU_TYPE} (Kubeflow); on Vertex AI a "
-                                "model such as NVIDIA_TESLA_T4")
+    _add_resource_options(compile_, resources.DATA, "data stages (ImportExampleGen, "
+                          "StatisticsGen, Transform, Evaluator)")
+    _add_resource_options(compile_, resources.TRAINER, "the Trainer", gpus=True)
+    _add_resource_options(compile_, resources.SERVING_CHECK, "ServingCheck")
     compile_.set_defaults(handler=_compile)
+
+
+def _add_resource_options(parser, group: str, what: str, gpus: bool = False) -> None:
+    """--GROUP-cpus, --GROUP-memory-gb, --GROUP-node-selector, --GROUP-toleration (and, for the
+    trainer, --trainer-gpus and --gpu-type): resources.TaskResources of one group of tasks."""
+    flag = group.replace("_", "-")
+    options = parser.add_argument_group(f"resources of {what} (default: the cluster's)")
+    options.add_argument(f"--{flag}-cpus", type=float, metavar="CPUS")
+    options.add_argument(f"--{flag}-memory-gb", type=float, metavar="GB")
+    if gpus:
+        options.add_argument(f"--{flag}-gpus", type=int, default=0, metavar="N")
+        options.add_argument("--gpu-type", help="kfp: the Kubernetes resource name (default "
+                             "nvidia.com/gpu); vertex: a GPU model (default NVIDIA_TESLA_T4)")
+    options.add_argument(f"--{flag}-node-selector", action="append", default=[],
+                         metavar="LABEL=VALUE", help="kfp only; repeatable")
+    options.add_argument(f"--{flag}-toleration", action="append", default=[],
+                         metavar="KEY[=VALUE]:EFFECT", help="kfp only; repeatable (GPU tasks "
+                         "tolerate nvidia.com/gpu:NoSchedule without being told)")
+
+
+def _task_resources(args) -> dict:
+    from kubeflow import resources
+
+    groups = {}
+    for group in resources.TASKS:
+        def option(name, default=None):
+            return getattr(args, f"{group}_{name}", default)
+        groups[group] = resources.TaskResources(
+            cpus=option("cpus"), memory_gb=option("memory_gb"), gpus=option("gpus", 0),
+            gpu_type=args.gpu_type if group == resources.TRAINER else None,
+            node_selector=resources.parse_node_selector(option("node_selector", [])),
+            tolerations=[resources.Toleration.parse(t) for t in option("toleration", [])])
+    return groups
 
 
 def _add_submit_command(commands) -> None:
     from trainer import nets
 
-    submit = commands.add_parser("submit", help="upload a compiled pipeline and start a run")
-    submit.add_argument("--host", required=True,
-                        help="Kubeflow Pipelines API, e.g. http://localhost:8080 after "
-                             "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`")
-    submit.add_argument("--package", default=DEFAULT_OUTPUT, help="the compiled file")
+    submit = commands.add_parser(
+        "submit", help="start a run of a compiled pipeline",
+        description="Starts a run of a compiled pipeline on open-source Kubeflow Pipelines "
+                    "(--host) or Vertex AI Pipelines (--target vertex --project --region). "
+                    "Every override is checked before anything is sent.")
+    submit.add_argument("--target", choices=(KFP, VERTEX), default=KFP)
+    submit.add_argument("--package", help="the compiled file (default: what `compile` writes "
+                                          "for the target)")
     submit.add_argument("--run-name")
     submit.add_argument("--experiment", default=configs.PIPELINE_NAME)
-    submit.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
-    submit.add_argument("--train-steps", type=int, help="override the compiled default")
-    submit.add_argument("--model", choices=nets.MODEL_NAMES, help="override the compiled default")
-    submit.add_argument("--min-dice", type=float, help="override the compiled default")
-    submit.add_argument("--param", action="append", default=[], metavar="NAME=JSON",
-                        help="set a run-time parameter to a whole JSON value, repeatable")
-    submit.add_argument("--no-cache", action="store_true", help="recompute every task")
+    overrides = submit.add_argument_group(
+        "run-time overrides (the package's defaults otherwise)")
+    overrides.add_argument("--train-steps", type=int, help="training steps (train_args)")
+    overrides.add_argument("--model", choices=nets.MODEL_NAMES, help="(training_config)")
+    overrides.add_argument("--min-dice", type=float, help="the gate's Dice threshold, in [0, 1] "
+                           "(eval_config)")
+    overrides.add_argument("--param", action="append", default=[], metavar="NAME=JSON",
+                           help="set a run-time parameter to a whole JSON value, repeatable; "
+                                "not together with the option that edits the same parameter")
+    overrides.add_argument("--no-cache", action="store_true", help="recompute every task")
+    kfp = submit.add_argument_group("open-source Kubeflow Pipelines (--target kfp)")
+    kfp.add_argument("--host", help="the Kubeflow Pipelines API, e.g. http://localhost:8080 after "
+                                    "`kubectl port-forward -n kubeflow svc/ml-pipeline-ui "
+                                    "8080:80`")
+    kfp.add_argument("--namespace", help="Kubeflow profile namespace (multi-user clusters)")
+    kfp.add_argument("--token", help="bearer token (default: $KF_PIPELINES_TOKEN, else the "
+                                     "in-cluster service-account token file, if any)")
+    kfp.add_argument("--cookie", help="a session cookie, e.g. 'authservice_session=...' from a "
+                                      "browser logged in to a multi-user Kubeflow")
+    kfp.add_argument("--service-account", help="Kubernetes service account the run's pods use")
+    kfp.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                     help="give up on a call the server does not answer within this (default 30)")
+    vertex = submit.add_argument_group("Vertex AI Pipelines (--target vertex)")
+    vertex.add_argument("--project")
+    vertex.add_argument("--region")
+    vertex.add_argument("--vertex-service-account", help="service account the job runs as")
     submit.set_defaults(handler=_submit)
 
 
@@ -173,38 +231,54 @@ def _compile(args) -> int:
             region=args.region, temp_location=args.temp_location,
             job_endpoint=args.job_endpoint, environment_type=args.environment_type,
             environment_config=args.environment_config, extra_args=args.beam_args),
-        trainer_resources=runner.TrainerResources(
-            cpus=args.trainer_cpus, memory_gb=args.trainer_memory_gb, gpus=args.trainer_gpus,
-            gpu_type=args.gpu_type),
-        compare_with_blessed_model=not args.no_baseline,
+        target=args.target,
+        task_resources=_task_resources(args),
         enable_cache=not args.no_cache)
-    job = runner.compile_pipeline(run, args.output)
-    print(f"compiled {runner.count_tasks(job)} tasks -> {args.output}\n"
+    output = args.output or runner.DEFAULT_OUTPUTS[args.target]
+    compiled = runner.compile_pipeline(run, output)
+    print(f"compiled {runner.count_tasks(compiled)} tasks for {args.target} -> {output}\n"
           f"  image          {run.image}\n"
+          f"  code version   {compiled.code_version} (the image must hold the same code: "
+          "build it from this commit)\n"
           f"  pipeline root  {run.pipeline_root}\n"
           f"  pushes to      {run.serving_model_dir}/<version>/\n"
           f"  parameters     " + ", ".join(
-              sorted(job["pipelineSpec"]["root"]["inputDefinitions"]["parameters"])))
+              sorted(compiled.spec["root"]["inputDefinitions"]["parameters"])))
     return 0
 
 
 def _submit(args) -> int:
-    from kubeflow import submit
+    from kubeflow import run_parameters, runner, submit
 
+    package_path = args.package or runner.DEFAULT_OUTPUTS[args.target]
+    if args.target == KFP and not args.host:
+        raise ValueError("--host is required with --target kfp")
+    if args.target == VERTEX and not (args.project and args.region):
+        raise ValueError("--project and --region are required with --target vertex")
+    package = submit.load_package(package_path)
+    arguments = run_parameters.overrides(
+        package.parameter_defaults(), train_steps=args.train_steps, model=args.model,
+        min_dice=args.min_dice, params=_parse_params(args.param))
     try:
-        spec = submit.load_pipeline_spec(args.package)
-        arguments = submit.parameter_overrides(
-            submit.parameter_defaults(spec), train_steps=args.train_steps, model=args.model,
-            min_dice=args.min_dice)
-        arguments.update(_parse_params(args.param))
-        run_id = submit.submit(
-            args.host, args.package, arguments=arguments, run_name=args.run_name,
-            experiment_name=args.experiment, namespace=args.namespace,
-            enable_caching=False if args.no_cache else None)
+        if args.target == KFP:
+            run_id = submit.submit(
+                args.host, package_path, arguments=arguments, run_name=args.run_name,
+                experiment_name=args.experiment, namespace=args.namespace,
+                no_cache=args.no_cache, token=args.token, cookie=args.cookie,
+                service_account=args.service_account, timeout_s=args.timeout)
+            where = args.host
+        else:
+            run_id = submit.submit_to_vertex(
+                package_path, project=args.project, region=args.region, arguments=arguments,
+                run_name=args.run_name, no_cache=args.no_cache,
+                service_account=args.vertex_service_account)
+            where = f"Vertex AI ({args.project}, {args.region})"
     except (submit.KubeflowUnreachableError, submit.SubmitError) as exc:
         print(f"lvseg: error: {exc}", file=sys.stderr)
         return EXIT_SUBMIT_FAILED
-    print(f"started run {run_id} of {args.package} on {args.host}")
+    print(f"started run {run_id} of {package_path} on {where}")
+    if arguments:
+        print("  overrides      " + ", ".join(sorted(arguments)))
     return 0
 
 
@@ -214,6 +288,8 @@ def _parse_params(pairs) -> dict:
         name, separator, value = pair.partition("=")
         if not separator or not name:
             raise ValueError(f"--param takes NAME=JSON, got {pair!r}")
+        if name in params:
+            raise ValueError(f"--param {name} is given twice")
         params[name] = value
     return params
 

@@ -1,9 +1,11 @@
 """Compiles ``create_pipeline`` for Kubeflow Pipelines 2 with TFX's ``KubeflowV2DagRunner``.
 
-Thin, like ``pipeline/local_runner.py``: it chooses paths, the image, Beam and Trainer settings
-and the run-time parameters, then calls ``create_pipeline``. Compiling reads and uploads nothing:
-components name the installed package's functions by dotted path (no ``module_file``, so no
-wheels are built into the pipeline root), hence a ``gs://`` root compiles offline.
+Thin, like ``pipeline/local_runner.py``: it chooses paths, the image, Beam settings, resources
+and the run-time parameters, calls ``create_pipeline``, and adapts TFX's spec to the backend it
+will run on (``kubeflow/targets.py``: ``kfp`` for open-source Kubeflow Pipelines 2, ``vertex``
+for Vertex AI Pipelines). Compiling reads and uploads nothing: components name the installed
+package's functions by dotted path (no ``module_file``, so no wheels are built into the pipeline
+root), hence a ``gs://`` root compiles offline.
 
 Run-time parameters (``configs.*_PARAMETER``) are whole protos or dicts as JSON strings, the only
 form TFX 1.16 accepts. TFX writes no defaults for them, so ``compile_pipeline`` writes them twice:
@@ -18,17 +20,13 @@ import posixpath
 from typing import Any, Dict, Optional
 
 import yaml
-from google.protobuf import json_format, message
-from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
-from kubeflow import beam_settings
+from kubeflow import beam_settings, code_version, resources, run_parameters, targets
 from pipeline import configs
 from pipeline.eval_config import build_eval_config
-from pipeline.pipeline import build_train_args, create_pipeline
-
-ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+from pipeline.pipeline import build_train_args, create_pipeline, never_cached
 
 # Where the Dockerfile puts the project's source in the image (the curated schema is read there).
 IMAGE_PROJECT_DIR = "/opt/lvseg/src"
@@ -36,41 +34,12 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(configs.__file__)))
 IMAGE_SCHEMA_PATH = posixpath.join(
     IMAGE_PROJECT_DIR, os.path.relpath(configs.CURATED_SCHEMA_PATH, _REPO_ROOT))
 
-# The container command of every task, as the image runs it (TFX's Kubeflow V2 entry point).
-CONTAINER_COMMAND = list(kubeflow_v2_dag_runner.KUBEFLOW_TFX_CMD)
-
-# Kubernetes' name for NVIDIA GPUs, what Kubeflow Pipelines expects; Vertex AI wants a model name
-# such as NVIDIA_TESLA_T4 instead.
-DEFAULT_GPU_TYPE = "nvidia.com/gpu"
-
 JSON_SUFFIX = ".json"
 YAML_SUFFIXES = (".yaml", ".yml")
-
-
-@dataclasses.dataclass
-class TrainerResources:
-    """CPU, memory (GB) and GPUs of the Trainer's container; None leaves the cluster's default.
-
-    TFX 1.16's V2 runner sets them as limits; Kubernetes then requests the same amounts.
-    """
-
-    cpus: Optional[float] = None
-    memory_gb: Optional[float] = None
-    gpus: int = 0
-    gpu_type: str = DEFAULT_GPU_TYPE
-
-    def resource_spec(self) -> Optional[ResourceSpec]:
-        if self.cpus is None and self.memory_gb is None and not self.gpus:
-            return None
-        for name, value in (("cpus", self.cpus), ("memory_gb", self.memory_gb),
-                            ("gpus", self.gpus)):
-            if value is not None and value < 0:
-                raise ValueError(f"Trainer {name} must not be negative, got {value}")
-        spec = ResourceSpec(cpu_limit=self.cpus or 0, memory_limit=self.memory_gb or 0)
-        if self.gpus:
-            spec.accelerator.type = self.gpu_type
-            spec.accelerator.count = self.gpus
-        return spec
+# What each target's client uploads: the kfp client takes YAML only (the PipelineSpec, then the
+# Kubernetes platform config); Vertex AI takes TFX's PipelineJob JSON or the YAML.
+DEFAULT_OUTPUTS = {targets.KFP: f"{configs.PIPELINE_NAME}.yaml",
+                   targets.VERTEX: f"{configs.PIPELINE_NAME}.json"}
 
 
 @dataclasses.dataclass
@@ -93,8 +62,9 @@ class KubeflowCompile:
     max_slice_dice_drop: Optional[float] = configs.MAX_SLICE_DICE_DROP  # None: no slice gate
     beam: beam_settings.BeamSettings = dataclasses.field(
         default_factory=beam_settings.BeamSettings)
-    trainer_resources: TrainerResources = dataclasses.field(default_factory=TrainerResources)
-    compare_with_blessed_model: bool = True
+    target: str = targets.KFP
+    # resources per group of tasks (resources.DATA, TRAINER, SERVING_CHECK)
+    task_resources: Dict[str, resources.TaskResources] = dataclasses.field(default_factory=dict)
     enable_cache: bool = True
 
     @property
@@ -102,22 +72,13 @@ class KubeflowCompile:
         return posixpath.join(self.serving_root, self.model_name)
 
 
-def parameter_json(value: Any) -> str:
-    """A run-time parameter's value: one line of JSON (field names as in the .proto files, as
-    TFX writes them), short enough to read and edit in the Kubeflow UI."""
-    if isinstance(value, message.Message):
-        return json_format.MessageToJson(value, preserving_proto_field_name=True, indent=None,
-                                         sort_keys=True)
-    return json.dumps(value, sort_keys=True)
-
-
 def parameter_defaults(run: KubeflowCompile) -> Dict[str, str]:
     """The run-time parameters' default values, each a JSON string."""
     return {
-        configs.TRAIN_ARGS_PARAMETER: parameter_json(build_train_args(run.train_steps)),
-        configs.EVAL_CONFIG_PARAMETER: parameter_json(
+        configs.TRAIN_ARGS_PARAMETER: run_parameters.to_json(build_train_args(run.train_steps)),
+        configs.EVAL_CONFIG_PARAMETER: run_parameters.to_json(
             build_eval_config(run.min_dice, run.max_dice_drop, run.max_slice_dice_drop)),
-        configs.TRAINING_CONFIG_PARAMETER: parameter_json(
+        configs.TRAINING_CONFIG_PARAMETER: run_parameters.to_json(
             configs.training_custom_config(run.training)),
     }
 
@@ -137,39 +98,61 @@ def build_pipeline(run: KubeflowCompile) -> tfx.dsl.Pipeline:
         training_config=parameters[configs.TRAINING_CONFIG_PARAMETER],
         transform_config={"normalization": run.normalization},
         beam_pipeline_args=beam_settings.beam_pipeline_args(run.beam, run.image),
-        compare_with_blessed_model=run.compare_with_blessed_model,
-        trainer_platform_config=run.trainer_resources.resource_spec(),
         enable_cache=run.enable_cache)
 
 
-def compile_pipeline(run: KubeflowCompile, output_path: str) -> Dict[str, Any]:
-    """Writes the compiled pipeline and returns it as a PipelineJob dict.
+@dataclasses.dataclass
+class CompiledPipeline:
+    job: Dict[str, Any]  # TFX's PipelineJob dict, the PipelineSpec under "pipelineSpec"
+    platform_spec: Optional[Dict[str, Any]]  # Kubernetes node selectors / tolerations, or None
+    code_version: str
 
-    ``.json``: the whole PipelineJob (Vertex AI's format; ``pipelineSpec`` inside). ``.yaml``:
-    the PipelineSpec alone, the format Kubeflow Pipelines' UI and ``kfp`` client upload.
+    @property
+    def spec(self) -> Dict[str, Any]:
+        return self.job["pipelineSpec"]
+
+
+def compile_pipeline(run: KubeflowCompile, output_path: str) -> CompiledPipeline:
+    """Writes the compiled pipeline for ``run.target``.
+
+    ``.yaml``: the PipelineSpec, followed by the Kubernetes platform config as a second document
+    when a task has node selectors or tolerations (what the kfp client uploads). ``.json``
+    (``vertex`` only): TFX's PipelineJob, the PipelineSpec with its runtime config.
     """
-    if not output_path.endswith((JSON_SUFFIX,) + YAML_SUFFIXES):
+    if run.target not in targets.TARGETS:
+        raise ValueError(f"target must be one of {targets.TARGETS}, got {run.target!r}")
+    if output_path.endswith(JSON_SUFFIX):
+        if run.target == targets.KFP:
+            raise ValueError("Kubeflow Pipelines' client uploads YAML: name a .yaml output for "
+                             "--target kfp (.json is the PipelineJob for --target vertex)")
+    elif not output_path.endswith(YAML_SUFFIXES):
         raise ValueError(f"the output file must end in {JSON_SUFFIX} or "
                          f"{' or '.join(YAML_SUFFIXES)}, got {output_path!r}")
     defaults = parameter_defaults(run)
     config = kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
-        default_image=run.image, default_commands=CONTAINER_COMMAND,
+        default_image=run.image, default_commands=targets.TFX_COMMAND,
         use_pipeline_spec_2_1=True)  # the schema Kubeflow Pipelines 2 reads (typed parameters)
+    pipeline = build_pipeline(run)
     job = kubeflow_v2_dag_runner.KubeflowV2DagRunner(config).run(
-        build_pipeline(run), parameter_values=defaults, write_out=False)
+        pipeline, parameter_values=defaults, write_out=False)
     spec = job["pipelineSpec"]
     for name, value in defaults.items():
         spec["root"]["inputDefinitions"]["parameters"][name]["defaultValue"] = value
     spec["defaultPipelineRoot"] = run.pipeline_root
+    version = code_version.code_version()
+    targets.adapt(spec, run.target, run.image, version, never_cached(pipeline))
+    platform_spec = resources.apply(spec, run.task_resources, kubernetes=run.target == targets.KFP)
+    compiled = CompiledPipeline(job=job, platform_spec=platform_spec, code_version=version)
 
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     with open(output_path, "w", encoding="utf-8") as f:
         if output_path.endswith(JSON_SUFFIX):
             json.dump(job, f, indent=2, sort_keys=True)
         else:
-            yaml.safe_dump(spec, f, sort_keys=True)
-    return job
+            yaml.safe_dump_all([spec] + ([platform_spec] if platform_spec else []), f,
+                               sort_keys=True)
+    return compiled
 
 
-def count_tasks(job: Dict[str, Any]) -> int:
-    return len(job["pipelineSpec"]["root"]["dag"]["tasks"])
+def count_tasks(compiled: CompiledPipeline) -> int:
+    return len(compiled.spec["root"]["dag"]["tasks"])

@@ -24,9 +24,6 @@ HASH_SPLIT_BUCKETS: Dict[str, int] = {"train": 9, "eval": 1}
 CURATED_SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema",
                                    "schema.pbtxt")
 
-# The Resolver giving the Evaluator its baseline: the latest blessed model.
-BASELINE_RESOLVER_ID = "latest_blessed_model_resolver"
-
 # Functions the components load by dotted path from the installed package (no module_file, so
 # the same definition compiles for Kubeflow without building wheels).
 PREPROCESSING_FN = "trainer.preprocessing.preprocessing_fn"

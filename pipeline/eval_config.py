@@ -84,6 +84,8 @@ def build_eval_config(min_dice: float = configs.MIN_DICE,
                       ) -> tfma.EvalConfig:
     """The EvalConfig of the module docstring; ``max_slice_dice_drop=None`` turns the slice gate
     off (overall thresholds only)."""
+    if not 0.0 <= min_dice <= 1.0:
+        raise ValueError(f"min_dice must be in [0, 1], got {min_dice}")
     if not 0.0 <= max_dice_drop:
         raise ValueError(f"max_dice_drop must be >= 0, got {max_dice_drop}")
     if max_slice_dice_drop is not None and not 0.0 <= max_slice_dice_drop:

@@ -28,11 +28,13 @@ from typing import Dict, List, Optional, Sequence
 
 from apache_beam.options import pipeline_options
 from tfx import v1 as tfx
+from tfx.dsl.compiler import compiler
 from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
+from tfx.proto.orchestration import pipeline_pb2
 
 from components import sunnybrook
 from pipeline import configs
-from pipeline.pipeline import DicomSource, create_pipeline
+from pipeline.pipeline import DicomSource, create_pipeline, never_cached
 
 BEAM = "beam"
 LOCAL = "local"
@@ -219,10 +221,21 @@ def ensure_unlocked(pipeline_root: str) -> None:
             pass
 
 
+def compile_pipeline(pipeline: tfx.dsl.Pipeline) -> pipeline_pb2.Pipeline:
+    """The pipeline's IR, with the cache off for the components that must always run
+    (``never_cached``: the served model is read anew on every run)."""
+    ir = compiler.Compiler().compile(pipeline)
+    uncached = set(never_cached(pipeline))
+    for node in ir.nodes:
+        if node.pipeline_node.node_info.id in uncached:
+            node.pipeline_node.execution_options.caching_options.enable_cache = False
+    return ir
+
+
 def run_pipeline(run: LocalRun) -> None:
-    pipeline = build_pipeline(run)
+    ir = compile_pipeline(build_pipeline(run))
     with pipeline_lock(run.pipeline_root), _argv_hidden_from_absl():
         if run.runner == BEAM:
-            BeamDagRunner().run(pipeline)
+            BeamDagRunner().run_with_ir(ir)
         else:
-            tfx.orchestration.LocalDagRunner().run(pipeline)
+            tfx.orchestration.LocalDagRunner().run_with_ir(ir)

@@ -2,7 +2,8 @@
 
     ImportExampleGen | SunnybrookExampleGen -> StatisticsGen -> ImportSchemaGen | SchemaGen
       -> ExampleValidator -> DataGate (stops on anomalies) -> Transform -> Trainer
-      -> Resolver (latest blessed model) -> Evaluator (Dice gate, overall and per LV size)
+      -> ServedModel (the version being served) -> Evaluator (Dice gate, overall and per LV
+      size, against the served model)
       -> ServingCheck (the candidate answers over TF Serving's API) -> AtomicPusher
 
 No I/O and no environment reads here: runners pass every path and knob.
@@ -12,16 +13,16 @@ change them without recompiling: TFX 1.16 accepts one only for a whole proto or 
 the whole ``train_args``, ``eval_config`` and Trainer ``custom_config``, each a JSON string.
 """
 import dataclasses
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import tensorflow_model_analysis as tfma
-from google.protobuf import message
 from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
 from components import sunnybrook
 from components.atomic_pusher import AtomicPusher
 from components.data_gate import DataGate
+from components.served_model import Evaluator, ServedModel
 from components.serving_check import ServingCheck, docker_infra_validator
 from components.sunnybrook_example_gen import SunnybrookExampleGen
 from pipeline import configs
@@ -78,8 +79,6 @@ def create_pipeline(
     enable_cache: bool = True,
     train_args: Optional[Union[tfx.proto.TrainArgs, RuntimeParameter]] = None,
     eval_config: Optional[Union[tfma.EvalConfig, RuntimeParameter]] = None,
-    compare_with_blessed_model: bool = True,
-    trainer_platform_config: Optional[message.Message] = None,
     dicom_source: Optional[DicomSource] = None,
     docker_infra_validation: bool = False,
 ) -> tfx.dsl.Pipeline:
@@ -99,9 +98,10 @@ def create_pipeline(
       training_config: the Trainer's custom_config (``trainer.model.TrainingConfig`` fields),
         or a RuntimeParameter holding it as JSON.
       transform_config: the Transform's custom_config (``normalization``).
-      min_dice, max_dice_drop: the overall gate (see ``pipeline.eval_config``).
+      min_dice, max_dice_drop: the overall gate (see ``pipeline.eval_config``); the
+        baseline is the newest version under ``serving_model_dir`` (``ServedModel``).
       max_slice_dice_drop: the slice gate: Dice may drop at most this much against the
-        baseline on each LV size bucket; None turns it off (see ``pipeline.eval_config``).
+        served model on each LV size bucket; None turns it off (see ``pipeline.eval_config``).
       beam_pipeline_args: Beam options of the data components (ExampleGen, StatisticsGen,
         Transform, Evaluator: runner, workers, ...); the other components get none.
       metadata_connection_config: ML Metadata connection; None lets the runner choose.
@@ -110,12 +110,6 @@ def create_pipeline(
         holding one as JSON.
       eval_config: replaces the EvalConfig built from ``min_dice``, ``max_dice_drop`` and
         ``max_slice_dice_drop``, or a RuntimeParameter holding one as JSON.
-      compare_with_blessed_model: resolve the latest blessed model as the Evaluator's baseline
-        (the ``max_dice_drop`` and ``max_slice_dice_drop`` gates). Open-source Kubeflow
-        Pipelines 2 cannot run TFX's resolver tasks; without a baseline the Evaluator judges
-        ``min_dice`` alone.
-      trainer_platform_config: the Trainer's platform config; for Kubeflow V2 a
-        ``PipelineContainerSpec.ResourceSpec`` (CPU, memory, accelerator).
       dicom_source: read DICOMs + contours (SunnybrookExampleGen) instead of ``data_root``'s
         TFRecords; give exactly one of the two.
       docker_infra_validation: check servability with TFX's InfraValidator running the
@@ -161,21 +155,16 @@ def create_pipeline(
         train_args=train_args if train_args is not None else build_train_args(train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=None),
         custom_config=training_config or configs.training_custom_config())
-    if trainer_platform_config is not None:
-        trainer.with_platform_config(trainer_platform_config)
 
-    model_resolver = None
-    if compare_with_blessed_model:
-        model_resolver = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-        ).with_id(configs.BASELINE_RESOLVER_ID)
+    # The baseline is the model being served now (newest version under serving_model_dir),
+    # not TFX's latest-blessed-model Resolver: open-source Kubeflow Pipelines cannot run
+    # resolver tasks, and "not worse than what is serving" is what the gate should mean.
+    served_model = ServedModel(serving_model_dir=serving_model_dir)
 
-    evaluator = tfx.components.Evaluator(
+    evaluator = Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=model_resolver.outputs["model"] if model_resolver else None,
+        baseline_model=served_model.outputs["model"],
         eval_config=(eval_config if eval_config is not None
                      else build_eval_config(min_dice, max_dice_drop, max_slice_dice_drop)))
 
@@ -198,10 +187,17 @@ def create_pipeline(
         beam_component.with_beam_pipeline_args(list(beam_pipeline_args))
 
     components = [example_gen, statistics_gen, schema_gen, example_validator, data_gate,
-                  transform, trainer, model_resolver, evaluator, serving_check, pusher]
+                  transform, trainer, served_model, evaluator, serving_check, pusher]
     return tfx.dsl.Pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
-        components=[component for component in components if component is not None],
+        components=components,
         enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config)
+
+
+def never_cached(pipeline: tfx.dsl.Pipeline) -> List[str]:
+    """Ids of the components a runner must always run, never take from its cache: their output
+    depends on something outside the pipeline (``ServedModel`` reads the serving directory)."""
+    return [component.id for component in pipeline.components
+            if isinstance(component, ServedModel)]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from kubeflow import runner
+from kubeflow import runner, targets
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,9 +78,28 @@ def test_environment_and_entry_points(dockerfile):
     assert "TF_USE_LEGACY_KERAS=1" in environment
     assert "RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1" in environment
     assert json.loads(_instructions(dockerfile, "ENTRYPOINT")[-1]) == ["/opt/apache/beam/boot"]
-    # Kubeflow tasks run the compiled command instead; its module must be installed
-    assert runner.CONTAINER_COMMAND[:2] == ["python", "-m"]
-    assert importlib.util.find_spec(runner.CONTAINER_COMMAND[2]) is not None
+    # Kubeflow tasks run the compiled commands instead; their modules must be installed
+    for command in (targets.ENTRYPOINT_COMMAND, targets.FINGERPRINT_COMMAND,
+                    targets.TFX_COMMAND):
+        assert command[:2] == ["python", "-m"]
+        assert importlib.util.find_spec(command[2]) is not None
+        assert command[2] in " ".join(_instructions(dockerfile, "RUN")) or \
+            command[2].startswith("tfx.")
+
+
+def test_the_cuda_wheels_are_the_locked_tensorflows_and_installed_by_default(dockerfile, lock):
+    """requirements-cuda.lock is exactly the `and-cuda` extra of the locked TensorFlow."""
+    import importlib.metadata
+    assert importlib.metadata.version("tensorflow") == lock["tensorflow"]
+    extra = sorted(requirement.split(";")[0].replace(" ", "")
+                   for requirement in importlib.metadata.requires("tensorflow")
+                   if "extra == 'and-cuda'" in requirement)
+    cuda_lock = sorted(line.strip() for line in _read("requirements-cuda.lock").splitlines()
+                       if line.strip() and not line.startswith("#"))
+    assert cuda_lock == extra
+    assert _build_args(dockerfile)["CUDA"] == "1"
+    runs = " && ".join(_instructions(dockerfile, "RUN"))
+    assert "pip install --no-cache-dir --no-deps -r requirements-cuda.lock" in runs
 
 
 def test_the_build_context_leaves_out_local_state():

@@ -24,8 +24,7 @@ def _components(pipeline):
 def test_every_stage_is_present():
     assert sorted(c.id for c in _pipeline().components) == sorted([
         "ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataGate",
-        "Transform", "Trainer", "latest_blessed_model_resolver", "Evaluator", "ServingCheck",
-        "AtomicPusher"])
+        "Transform", "Trainer", "ServedModel", "Evaluator", "ServingCheck", "AtomicPusher"])
 
 
 def test_schema_gen_is_used_when_no_schema_is_given():
@@ -57,7 +56,8 @@ def test_evaluator_blessing_gates_the_atomic_pusher():
     destination = json.loads(pusher.exec_properties["push_destination"])
     assert destination["filesystem"]["base_directory"] == "/serving/m"
     assert components["Evaluator"].inputs["baseline_model"].producer_component_id == \
-        "latest_blessed_model_resolver"
+        "ServedModel"
+    assert components["ServedModel"].exec_properties["serving_model_dir"] == "/serving/m"
 
 
 def test_split_folders_or_a_hash_split():

@@ -309,7 +309,10 @@ def test_a_run_killed_during_training_resumes_from_the_cache(tiny_data_root, tmp
     rerun = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     resumed = _node_states(run)
-    for node in killed:  # everything before the Trainer came from the cache
+    # everything before the Trainer came from the cache, but the served model, read anew
+    assert killed.pop("ServedModel") == ["COMPLETE"]
+    assert resumed["ServedModel"] == ["COMPLETE", "COMPLETE"]
+    for node in killed:
         assert resumed[node] == ["COMPLETE", "CACHED"], (node, resumed[node])
     assert resumed["Trainer"] == ["RUNNING", "COMPLETE"]  # the dead execution stays as it was
     assert resumed["Evaluator"] == resumed["AtomicPusher"] == ["COMPLETE"]

@@ -154,9 +154,10 @@ def _decision_section(facts: RunFacts, rules, baseline_dice) -> str:
     else:
         push = "nothing pushed: the serving model stays as it was"
     baseline = facts.baseline_model_uri
-    baseline_text = (f'compared with the blessed model serving when the run started: '
+    baseline_text = (f"compared with the model serving when the run started, version "
+                     f"{_e(facts.baseline_version)}: "
                      f'<span class="uri">{_e(baseline)}</span> (Dice {_fmt(baseline_dice)})'
-                     if baseline else "no baseline: first blessed model (value thresholds only)")
+                     if baseline else "no baseline: nothing was served (value thresholds only)")
     rule_rows = [[_e(r.metric), _e(r.slices), _e(r.rule)] for r in rules]
     failures = "".join(f"<li>{_e(f)}</li>" for f in summary.validation_failures)
     return (f'<section id="decision"><h2>Gate decision</h2><p>{verdict}</p>'

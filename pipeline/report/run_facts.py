@@ -10,13 +10,14 @@ from typing import Dict, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 
+from components import served_model
 from pipeline import run_summary
 
 _STATE_NAMES = {value: name for name, value in metadata_store_pb2.Execution.State.items()}
 # The order the stages run in; nodes not listed (custom ones) follow in MLMD's order.
 _NODE_ORDER = ("ImportExampleGen", "SunnybrookExampleGen", "StatisticsGen", "ImportSchemaGen",
                "SchemaGen", "ExampleValidator", "DataGate", "Transform", "Trainer",
-               "latest_blessed_model_resolver", "Evaluator", "ServingCheck", "InfraValidator",
+               "ServedModel", "Evaluator", "ServingCheck", "InfraValidator",
                "AtomicPusher")
 
 
@@ -52,6 +53,9 @@ class RunFacts:
     summary: run_summary.RunSummary
     training_config: Dict[str, object]
     train_steps: Optional[int]
+    # the served version the Evaluator compared with and its folder; None: nothing was served
+    baseline_version: Optional[int] = None
+    baseline_path: Optional[str] = None
 
     def stage(self, *node_ids: str) -> Optional[StageFacts]:
         return next((s for s in self.stages if s.node_id in node_ids), None)
@@ -73,8 +77,9 @@ class RunFacts:
 
     @property
     def baseline_model_uri(self) -> Optional[str]:
-        stage = self.stage("Evaluator")
-        return stage.input_uri("baseline_model") if stage else None
+        """The served version the candidate was compared with (its folder under the serving
+        directory), None when nothing was served."""
+        return self.baseline_path
 
 
 def _refs(by_key: Dict[str, list], types: Dict[int, str]) -> List[ArtifactRef]:
@@ -125,6 +130,22 @@ def read_run_facts(metadata_path: str, pipeline_name: Optional[str] = None) -> R
         if "train_args" in properties:
             train_steps = json.loads(properties["train_args"].string_value or "{}").get(
                 "num_steps")
+    baseline_version, baseline_path = _served_baseline(store, pipeline_name)
     return RunFacts(pipeline_name=pipeline_name, metadata_path=metadata_path, stages=stages,
                     summary=run_summary.read_run_summary(metadata_path, pipeline_name),
-                    training_config=training_config, train_steps=train_steps)
+                    training_config=training_config, train_steps=train_steps,
+                    baseline_version=baseline_version, baseline_path=baseline_path)
+
+
+def _served_baseline(store, pipeline_name: str):
+    """(version, folder) of the model ServedModel gave the Evaluator, or (None, None)."""
+    execution = run_summary.latest_execution(store, pipeline_name,
+                                             served_model.ServedModel.__name__)
+    if execution is None:
+        return None, None
+    [model] = run_summary.output_artifacts(store, execution).get("model", [None])
+    version = (run_summary.custom_property(model, served_model.SERVED_VERSION_PROPERTY)
+               if model else None)
+    if not version:
+        return None, None
+    return version, run_summary.custom_property(model, served_model.SERVED_PATH_PROPERTY)
