@@ -89,12 +89,12 @@ def _add_compile_command(commands) -> None:
     params.add_argument("--min-dice", type=float, default=configs.MIN_DICE,
                         help="push only if eval Dice is at least this")
     params.add_argument("--max-dice-drop", type=float, default=configs.MAX_DICE_DROP,
-                        help="push only if eval Dice is at most this below the blessed model's")
+                        help="push only if eval Dice is at most this below the served model's")
     slice_gate = params.add_mutually_exclusive_group()
     slice_gate.add_argument("--max-slice-dice-drop", type=float,
                             default=configs.MAX_SLICE_DICE_DROP, metavar="DROP",
                             help="push only if, on each LV size bucket, eval Dice is at most "
-                                 "this below the blessed model's on that bucket (default "
+                                 "this below the served model's on that bucket (default "
                                  f"{configs.MAX_SLICE_DICE_DROP})")
     slice_gate.add_argument("--no-slice-gate", action="store_true",
                             help="gate on overall Dice only")

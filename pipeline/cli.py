@@ -125,7 +125,7 @@ def _add_run_command(subparsers) -> None:
     run.add_argument("--min-dice", type=float, default=configs.MIN_DICE,
                      help="push only if eval Dice is at least this")
     run.add_argument("--max-dice-drop", type=float, default=configs.MAX_DICE_DROP,
-                     help="push only if eval Dice is at most this below the blessed model's")
+                     help="push only if eval Dice is at most this below the served model's")
     _add_slice_gate_options(run)
     schema = run.add_mutually_exclusive_group()
     schema.add_argument("--schema", default=configs.CURATED_SCHEMA_PATH,
@@ -151,7 +151,7 @@ def _add_slice_gate_options(parser) -> None:
     slice_gate.add_argument(
         "--max-slice-dice-drop", type=float, default=configs.MAX_SLICE_DICE_DROP,
         metavar="DROP", help="push only if, on each LV size bucket (empty/small/mid/large), "
-                             "eval Dice is at most this below the blessed model's on that "
+                             "eval Dice is at most this below the served model's on that "
                              f"bucket (default {configs.MAX_SLICE_DICE_DROP})")
     slice_gate.add_argument("--no-slice-gate", action="store_true",
                             help="gate on overall Dice only")
@@ -294,12 +294,12 @@ def _print_summary(summary, run, seconds: float) -> None:
     lines = [f"\npipeline finished in {seconds:.0f} s",
              f"  eval Dice      {dice}   (gate: at least {run.min_dice}"
              + ("" if summary.baseline_dice is None else
-                f", and at most {run.max_dice_drop} below the blessed model's "
+                f", and at most {run.max_dice_drop} below the served model's "
                 f"{summary.baseline_dice:.4f}") + ")",
              f"  blessed        {'yes' if summary.blessed else 'no'}"]
     if summary.baseline_dice is not None and run.max_slice_dice_drop is not None:
         lines.insert(-1, f"                 (and on each LV size bucket at most "
-                         f"{run.max_slice_dice_drop} below the blessed model's)")
+                         f"{run.max_slice_dice_drop} below the served model's)")
     lines += [f"                 {failure}" for failure in summary.validation_failures]
     if summary.pushed:
         base_path = os.path.dirname(summary.pushed_path)

@@ -58,11 +58,11 @@ DICOM_ELASTIC_PIXELS = 4.0
 DICOM_ENSEMBLE_SIZE = 3
 
 # The gate: a model is pushed only if its eval Dice is at least MIN_DICE and at most
-# MAX_DICE_DROP below the Dice of the latest blessed model (0 = no regression allowed).
+# MAX_DICE_DROP below the Dice of the model being served (0 = no regression allowed).
 MIN_DICE = 0.85
 MAX_DICE_DROP = 0.0
 # The slice gate: on each LV size bucket (empty / small / mid / large, trainer.slices), Dice may
-# be at most this below the blessed model's on the same bucket; None disables it. Larger than
+# be at most this below the served model's on the same bucket; None disables it. Larger than
 # MAX_DICE_DROP because a bucket holds few images (the default eval split: 13 large, 7 mid,
 # 4 small, 2 empty), so its mean moves with one image; three training seeds differed by at most
 # 0.006 per bucket on the default data. See pipeline/eval_config.py.

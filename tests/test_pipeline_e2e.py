@@ -118,10 +118,12 @@ def test_a_model_worse_than_the_blessed_one_is_not_pushed(local_root, tiny_data_
     assert _versions(run) == [summary_a.pushed_version]
 
 
-def test_a_dice_threshold_no_model_can_meet_pushes_nothing(local_root, tiny_data_root):
+def test_a_dice_threshold_the_model_does_not_meet_pushes_nothing(local_root, tiny_data_root):
     run_a, summary_a = local_root
-    run, summary = _run(tiny_data_root, run_a.output_root, min_dice=1.01, **TRAINED)
+    # Dice 1 is met only by a perfect mask on every eval image (thresholds above 1 are refused)
+    run, summary = _run(tiny_data_root, run_a.output_root, min_dice=1.0, **TRAINED)
     assert summary.model_uri == summary_a.model_uri  # the Trainer's output came from the cache
+    assert summary.eval_dice < 1.0
     assert not summary.blessed and not summary.pushed
     assert _versions(run) == [summary_a.pushed_version]
 
