@@ -13,11 +13,12 @@ DATA_ROOT ?= data/synthetic
 OUTPUT_ROOT ?= outputs
 PYTEST_ARGS ?=
 
-.PHONY: help install run test bench data clean distclean
+.PHONY: help install run test lint bench data clean distclean
 
 help:
 	@echo "make run    run the whole pipeline on the generated default data ($(DATA_ROOT))"
 	@echo "make test   run the test suite"
+	@echo "make lint   check the code with ruff (ruff.toml)"
 	@echo "make bench  run the benchmarks (under 15 min on 2 CPUs), print the figures as one JSON object"
 	@echo "make install / data / clean / distclean"
 
@@ -44,6 +45,9 @@ run: $(INSTALLED) $(DATA_ROOT)/manifest.json
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
 
 # Each figure is a ratio against the plain way of doing the same work, measured in the same run.
 # Logs and latest.json under $(OUTPUT_ROOT)/benchmarks.

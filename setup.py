@@ -13,9 +13,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.11",
-    packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*",
-                                    "trainer", "trainer.*", "serving", "serving.*",
-                                    "kubeflow", "kubeflow.*"]),
+    packages=find_packages(include=["dataset", "dataset.*", "trainer", "trainer.*",
+                                    "components", "components.*", "pipeline", "pipeline.*",
+                                    "report", "report.*", "serving", "serving.*",
+                                    "monitoring", "monitoring.*", "kubeflow", "kubeflow.*",
+                                    "lvseg", "lvseg.*"]),
     package_data={"pipeline": ["schema/*.pbtxt"]},
     install_requires=[
         "tfx==1.16.*",
@@ -33,5 +35,5 @@ setup(
         "tqdm",
     ],
     extras_require={"test": ["pytest"]},
-    entry_points={"console_scripts": ["lvseg=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["lvseg=lvseg.cli:main"]},
 )

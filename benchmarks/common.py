@@ -191,22 +191,6 @@ class TransformOutputs:
         return sorted(glob.glob(os.path.join(self.transformed_examples, f"Split-{split}", "*")))
 
 
-def transform_outputs(pipeline_root: Optional[str], data_root: str, work_dir: str,
-                      log: Callable[[str], None] = lambda line: None) -> TransformOutputs:
-    """The Transform outputs under ``pipeline_root``, or made now: the pipeline's data stages
-    (ImportExampleGen ... Transform, single-process DirectRunner) on ``data_root``."""
-    if pipeline_root:
-        return TransformOutputs(pipeline_root)
-    from benchmarks import data_stages
-    from pipeline import configs, local_runner
-
-    output_root = os.path.join(work_dir, "data_stages")
-    log(f"running the data stages on {data_root} (into {output_root})")
-    with stdout_to_stderr():
-        data_stages.run_data_stages(data_root, output_root, list(configs.DEFAULT_BEAM_ARGS))
-    return TransformOutputs(local_runner.LocalRun(output_root=output_root).pipeline_root)
-
-
 def load_transformed_arrays(outputs: TransformOutputs, split: str):
     """Decoded ``(images [N, 256, 256, 1] float32, labels [N, 256, 256] int64)`` of a split, read
     with the transformed schema: the arrays the Trainer's dataset yields, in memory."""
@@ -229,3 +213,67 @@ def log_to_stderr(prefix: str) -> Callable[[str], None]:
     def log(line: str) -> None:
         print(f"[{prefix}] {line}", file=sys.stderr, flush=True)
     return log
+
+
+def stage_seconds(metadata_path: str, pipeline_name: str) -> Dict[str, object]:
+    """Per-node seconds of the newest pipeline run in an ML Metadata SQLite file (read-only)."""
+    from ml_metadata.metadata_store import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = metadata_store.MetadataStore(config)
+    runs = store.get_contexts_by_type("pipeline_run")
+    if not runs:
+        return {}
+    run = max(runs, key=lambda context: (context.create_time_since_epoch, context.id))
+    executions = store.get_executions_by_context(run.id)
+    node_of = {}
+    for execution in executions:
+        for context in store.get_contexts_by_execution(execution.id):
+            if context.name.startswith(f"{pipeline_name}."):
+                node_of[execution.id] = context.name[len(pipeline_name) + 1:]
+    states = metadata_store_pb2.Execution.State
+    stages = {}
+    for execution in sorted(executions, key=lambda e: e.create_time_since_epoch):
+        seconds = (execution.last_update_time_since_epoch
+                   - execution.create_time_since_epoch) / 1000.0
+        stages[node_of.get(execution.id, str(execution.id))] = {
+            "seconds": round(seconds, 1), "state": states.Name(execution.last_known_state)}
+    first = min(e.create_time_since_epoch for e in executions)
+    last = max(e.last_update_time_since_epoch for e in executions)
+    return {"run_id": run.name, "stages": stages,
+            "first_stage_start_to_last_stage_end_seconds": round((last - first) / 1000.0, 1)}
+
+
+class Timings:
+    """Step, fit, validation and export times of one training run (training_throughput.py)."""
+
+    def __init__(self):
+        self.step_seconds = []
+        self.fit_seconds = 0.0
+        self.validation_seconds = 0.0
+        self.export_seconds = 0.0
+        self.steps = 0
+
+
+def timing_callback(timings: Timings):
+    """A Keras callback recording each training step and validation into ``timings``."""
+    import tensorflow as tf
+
+    class StepTimer(tf.keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            self._step_started = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            timings.step_seconds.append(time.perf_counter() - self._step_started)
+            timings.steps += 1
+
+        def on_test_begin(self, logs=None):
+            self._test_started = time.perf_counter()
+
+        def on_test_end(self, logs=None):
+            timings.validation_seconds += time.perf_counter() - self._test_started
+
+    return StepTimer()

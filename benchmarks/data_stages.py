@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Counter, Dict, Iterator, List, Sequence
+from typing import Callable, Counter, Dict, Iterator, List, Optional, Sequence
 from unittest import mock
 
 if __package__ in (None, ""):
@@ -41,6 +41,7 @@ from tensorflow_metadata.proto.v0 import statistics_pb2  # noqa: E402
 from tfx import v1 as tfx  # noqa: E402
 from tfx.orchestration import pipeline as tfx_pipeline  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from pipeline import configs, local_runner  # noqa: E402
 
 LAST_DATA_STAGE = "Transform"
@@ -203,10 +204,25 @@ def _wait_for_port(port: int, pool: subprocess.Popen, log_path: str) -> None:
 
 def stage_seconds(output_root: str) -> Dict[str, float]:
     """Per-stage seconds of a data-stages run, from its ML Metadata (see pipeline_stages.py)."""
-    from benchmarks import pipeline_stages
-    stages = pipeline_stages.stage_seconds(
+    stages = common.stage_seconds(
         os.path.abspath(configs.metadata_path(output_root)), configs.PIPELINE_NAME)
     return {name: stage["seconds"] for name, stage in stages.get("stages", {}).items()}
+
+
+
+def transform_outputs(pipeline_root: Optional[str], data_root: str, work_dir: str,
+                      log: Callable[[str], None] = lambda line: None) -> common.TransformOutputs:
+    """The Transform outputs under ``pipeline_root``, or made now: the pipeline's data stages
+    (ImportExampleGen ... Transform, single-process DirectRunner) on ``data_root``."""
+    if pipeline_root:
+        return common.TransformOutputs(pipeline_root)
+    from pipeline import configs, local_runner
+
+    output_root = os.path.join(work_dir, "data_stages")
+    log(f"running the data stages on {data_root} (into {output_root})")
+    with common.stdout_to_stderr():
+        run_data_stages(data_root, output_root, list(configs.DEFAULT_BEAM_ARGS))
+    return common.TransformOutputs(local_runner.LocalRun(output_root=output_root).pipeline_root)
 
 
 def main(argv=None) -> int:

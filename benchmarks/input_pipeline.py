@@ -4,7 +4,7 @@ waits on it.
     .venv/bin/python benchmarks/input_pipeline.py [--pipeline-root DIR] [--net unet]
         [--batches 30 --steps 8 --batch-size 8]
 
-The dataset is ``trainer.model.input_dataset``, built from a real ``FnArgs`` (TFX's
+The dataset is ``trainer.inputs.input_dataset``, built from a real ``FnArgs`` (TFX's
 ``get_common_fn_args`` over the Transform artifacts, as the Trainer executor builds it), so it is
 exactly what ``run_fn`` trains on. Measured in one process:
 
@@ -29,7 +29,7 @@ import time
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, data_stages  # noqa: E402
 
 log = common.log_to_stderr("input")
 
@@ -71,11 +71,10 @@ def _parse_rate(dataset) -> dict:
 
 def _median_step(model, dataset, steps: int) -> float:
     import numpy as np
-    from benchmarks.training_throughput import Timings, _timing_callback
 
-    timings = Timings()
+    timings = common.Timings()
     model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0,
-              callbacks=[_timing_callback(timings)])
+              callbacks=[common.timing_callback(timings)])
     return float(np.median(timings.step_seconds))
 
 
@@ -86,19 +85,20 @@ def measure(args) -> dict:
     import tensorflow_transform as tft
 
     from pipeline import configs
-    from trainer import model as trainer_model
+    from trainer import config as trainer_config, inputs as trainer_inputs
+    from trainer import training as trainer_training
 
     with tempfile.TemporaryDirectory(prefix="input-pipeline-") as work_dir:
-        outputs = common.transform_outputs(args.pipeline_root, args.data_root, work_dir, log)
+        outputs = data_stages.transform_outputs(args.pipeline_root, args.data_root, work_dir, log)
         fn_args = _fn_args(outputs)
-        config = trainer_model.TrainingConfig.from_custom_config(
+        config = trainer_config.TrainingConfig.from_custom_config(
             configs.training_custom_config(dict(model=args.net, batch_size=args.batch_size)))
         tf.keras.utils.set_random_seed(config.seed)
         tf.config.experimental.enable_op_determinism()
         transform_output = tft.TFTransformOutput(outputs.transform_graph)
 
         def dataset(training=True, **overrides):
-            return trainer_model.input_dataset(
+            return trainer_inputs.input_dataset(
                 fn_args.train_files, fn_args.data_accessor, transform_output,
                 dataclasses.replace(config, **overrides), args.batch_size, training=training)
 
@@ -110,7 +110,7 @@ def measure(args) -> dict:
         }
 
         log(f"model steps: {args.net}, real input vs one cached batch, {args.steps} steps each")
-        model = trainer_model.build_compiled_model(config, 1000)
+        model = trainer_training.build_compiled_model(config, 1000)
         real = dataset()
         cached_batch = next(iter(real))
         cached = tf.data.Dataset.from_tensors(cached_batch).repeat()

@@ -1,12 +1,14 @@
 """Leave-one-patient-out Dice on real Sunnybrook patients, through the whole pipeline.
 
     .venv/bin/python benchmarks/lopo_sunnybrook.py [--subset ../shared/data/sunnybrook-subset]
-        [--train-steps 600] [--synthetic-mix 0.5] [--elastic-pixels 4] [--[no-]test-time-flips]
-        [--max-gain-change 0.3] [--max-gamma-change 0.4] [--ensemble-size 3]
-        [--seed 42] [--work-dir DIR] [--patients ID ...]
+        [any training option of `lvseg run`: --train-steps, --seed, --ensemble-size, ...]
+        [--work-dir DIR] [--patients ID ...]
+
+The training options default to a DICOM run's (`lvseg run --dicom-root`,
+configs.dicom_run_defaults).
 
 For each patient of the subset, the labelled slices of the other patients are the train split and
-that patient's slices the eval split (lab-schema TFRecords written with components.sunnybrook);
+that patient's slices the eval split (lab-schema TFRecords written with dataset.sunnybrook);
 then ``lvseg run`` runs the real pipeline on them (ExampleGen ... Trainer, with generated slices
 mixed into training, ... Evaluator) and the Evaluator's Dice is read from ML Metadata. Each fold
 is a fresh pipeline root, so no fold sees another's model. Prints one JSON object: Dice per
@@ -23,9 +25,8 @@ import time
 
 from trainer import tf_env  # noqa: F401  (before TensorFlow)
 
-from components import sunnybrook  # noqa: E402
-from pipeline import configs, run_summary  # noqa: E402
-from trainer import records  # noqa: E402
+from dataset import records, sunnybrook  # noqa: E402
+from pipeline import configs, options, run_summary  # noqa: E402
 
 DEFAULT_SUBSET = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "shared", "data", "sunnybrook-subset")
@@ -52,17 +53,10 @@ def write_fold(slices, eval_patient: str, data_root: str) -> dict:
     return counts
 
 
-def run_fold(data_root: str, output_root: str, args) -> dict:
+def run_fold(data_root: str, output_root: str, train_steps: int, training: dict) -> dict:
     command = [os.path.join(os.path.dirname(sys.executable), "lvseg"), "run",
-               "--data-root", data_root, "--output-root", output_root,
-               "--train-steps", str(args.train_steps), "--synthetic-mix", str(args.synthetic_mix),
-               "--seed", str(args.seed),
-               "--unet-norm", args.unet_norm, "--dice-loss-weight", str(args.dice_loss_weight),
-               "--ensemble-size", str(args.ensemble_size),
-               "--elastic-pixels", str(args.elastic_pixels),
-               "--max-gain-change", str(args.max_gain_change),
-               "--max-gamma-change", str(args.max_gamma_change), "--min-dice", "0",
-               "--test-time-flips" if args.test_time_flips else "--no-test-time-flips"]
+               "--data-root", data_root, "--output-root", output_root, "--min-dice", "0",
+               *options.command_line(train_steps, training)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     log_path = os.path.join(output_root, "run.log")
@@ -82,25 +76,11 @@ def run_fold(data_root: str, output_root: str, args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--subset", default=DEFAULT_SUBSET)
-    parser.add_argument("--train-steps", type=int, default=600)
-    parser.add_argument("--synthetic-mix", type=float, default=configs.DICOM_SYNTHETIC_MIX)
-    parser.add_argument("--unet-norm", default=configs.DEFAULT_TRAINING.unet_norm)
-    parser.add_argument("--ensemble-size", type=int, default=configs.DICOM_ENSEMBLE_SIZE)
-    parser.add_argument("--dice-loss-weight", type=float,
-                        default=configs.DEFAULT_TRAINING.dice_loss_weight)
-    parser.add_argument("--elastic-pixels", type=float,
-                        default=configs.DICOM_ELASTIC_PIXELS)
-    parser.add_argument("--max-gain-change", type=float,
-                        default=configs.DEFAULT_TRAINING.max_gain_change)
-    parser.add_argument("--max-gamma-change", type=float,
-                        default=configs.DEFAULT_TRAINING.max_gamma_change)
-    parser.add_argument("--test-time-flips", action=argparse.BooleanOptionalAction,
-                        default=configs.DICOM_TEST_TIME_FLIPS)
-    parser.add_argument("--seed", type=int, default=configs.DEFAULT_TRAINING.seed,
-                        help="the Trainer's seed (weights, order, augmentation, generated slices)")
+    options.add_training_options(parser, dicom=True)
     parser.add_argument("--work-dir", help="keep the folds' data and outputs here")
     parser.add_argument("--patients", nargs="*", help="evaluate only these patients")
     args = parser.parse_args(argv)
+    train_steps, training = options.training_settings(args, dicom=True)
     if not os.path.isdir(args.subset):
         print(f"no Sunnybrook subset at {args.subset} (--subset DIR)", file=sys.stderr)
         return 2
@@ -114,22 +94,14 @@ def main(argv=None) -> int:
         print(f"fold {patient}: {counts['train']} train / {counts['eval']} eval slices",
               file=sys.stderr, flush=True)
         folds[patient] = dict(run_fold(os.path.join(fold_dir, "data"),
-                                       os.path.join(fold_dir, "outputs"), args),
+                                       os.path.join(fold_dir, "outputs"), train_steps, training),
                               train_slices=counts["train"], eval_slices=counts["eval"])
         print(f"fold {patient}: {json.dumps(folds[patient])}", file=sys.stderr, flush=True)
     dices = [fold["dice"] for fold in folds.values()]
     print(json.dumps({
         "benchmark": "leave_one_patient_out_sunnybrook",
-        "train_steps": args.train_steps,
-        "synthetic_mix": args.synthetic_mix,
-        "unet_norm": args.unet_norm,
-        "ensemble_size": args.ensemble_size,
-        "dice_loss_weight": args.dice_loss_weight,
-        "elastic_pixels": args.elastic_pixels,
-        "max_gain_change": args.max_gain_change,
-        "max_gamma_change": args.max_gamma_change,
-        "seed": args.seed,
-        "test_time_flips": args.test_time_flips,
+        "train_steps": train_steps,
+        **training,
         "labelled_slices": len(slices),
         "skipped": ingest["skipped"],
         "folds": folds,

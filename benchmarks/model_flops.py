@@ -42,18 +42,20 @@ def graph_flops(concrete_function) -> int:
 
 
 def build_net(net: str):
-    from trainer import model as trainer_model, nets
+    from trainer import config as trainer_config, nets
 
-    return nets.build_model(net, unet_base_filters=trainer_model.TrainingConfig().unet_base_filters)
+    return nets.build_model(
+        net, unet_base_filters=trainer_config.TrainingConfig().unet_base_filters)
 
 
 def flops_per_image(net: str) -> dict:
     import tensorflow as tf
 
-    from trainer import model as trainer_model, records
+    from trainer import config as trainer_config, training as trainer_training
+    from dataset import records
 
     model = build_net(net)
-    loss = trainer_model.build_loss(trainer_model.TrainingConfig().dice_loss_weight)
+    loss = trainer_training.build_loss(trainer_config.TrainingConfig().dice_loss_weight)
     image_spec = tf.TensorSpec([1, records.IMAGE_SIZE, records.IMAGE_SIZE, 1], tf.float32)
     label_spec = tf.TensorSpec([1, records.IMAGE_SIZE, records.IMAGE_SIZE], tf.int64)
 
@@ -95,22 +97,21 @@ def measured_rates(net: str, steps: int, batch_size: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from benchmarks.training_throughput import Timings, _timing_callback
-    from trainer import model as trainer_model
+    from trainer import config as trainer_config, training as trainer_training
 
-    config = trainer_model.TrainingConfig(model=net, batch_size=batch_size)
+    config = trainer_config.TrainingConfig(model=net, batch_size=batch_size)
     tf.keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     rng = np.random.default_rng(0)
     images = rng.uniform(0.0, 1.5, size=(batch_size, 256, 256, 1)).astype(np.float32)
     labels = (rng.uniform(size=(batch_size, 256, 256)) < 0.05).astype(np.int64)
 
-    model = trainer_model.build_compiled_model(config, 1000)
+    model = trainer_training.build_compiled_model(config, 1000)
     cached = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    timings = Timings()
+    timings = common.Timings()
     with common.stdout_to_stderr():
         model.fit(cached, epochs=1, steps_per_epoch=steps + 1, verbose=0,
-                  callbacks=[_timing_callback(timings)])
+                  callbacks=[common.timing_callback(timings)])
     train_step = float(np.median(timings.step_seconds[1:]))
 
     forward = tf.function(lambda x: model(x, training=False))

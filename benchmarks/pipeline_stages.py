@@ -25,7 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import Dict, Optional
+from typing import Optional
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,38 +36,6 @@ RUNNERS = ("beam", "local")
 DEFAULT_STEPS = 300  # configs.DEFAULT_TRAIN_STEPS; read from there when the project imports
 TRAINER = "Trainer"
 log = common.log_to_stderr("pipeline")
-
-
-def stage_seconds(metadata_path: str, pipeline_name: str) -> Dict[str, object]:
-    """Per-node seconds of the newest pipeline run in an ML Metadata SQLite file (read-only)."""
-    from ml_metadata.metadata_store import metadata_store
-    from ml_metadata.proto import metadata_store_pb2
-
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-    store = metadata_store.MetadataStore(config)
-    runs = store.get_contexts_by_type("pipeline_run")
-    if not runs:
-        return {}
-    run = max(runs, key=lambda context: (context.create_time_since_epoch, context.id))
-    executions = store.get_executions_by_context(run.id)
-    node_of = {}
-    for execution in executions:
-        for context in store.get_contexts_by_execution(execution.id):
-            if context.name.startswith(f"{pipeline_name}."):
-                node_of[execution.id] = context.name[len(pipeline_name) + 1:]
-    states = metadata_store_pb2.Execution.State
-    stages = {}
-    for execution in sorted(executions, key=lambda e: e.create_time_since_epoch):
-        seconds = (execution.last_update_time_since_epoch
-                   - execution.create_time_since_epoch) / 1000.0
-        stages[node_of.get(execution.id, str(execution.id))] = {
-            "seconds": round(seconds, 1), "state": states.Name(execution.last_known_state)}
-    first = min(e.create_time_since_epoch for e in executions)
-    last = max(e.last_update_time_since_epoch for e in executions)
-    return {"run_id": run.name, "stages": stages,
-            "first_stage_start_to_last_stage_end_seconds": round((last - first) / 1000.0, 1)}
 
 
 def run_pipeline(runner: str, data_root: str, output_root: str, train_steps: int,
@@ -85,7 +53,7 @@ def run_pipeline(runner: str, data_root: str, output_root: str, train_steps: int
     if returncode != 0:
         raise RuntimeError(f"`{' '.join(command)}` exited with {returncode}")
     from pipeline import configs
-    stages = stage_seconds(os.path.abspath(configs.metadata_path(output_root)),
+    stages = common.stage_seconds(os.path.abspath(configs.metadata_path(output_root)),
                            configs.PIPELINE_NAME)
     stage_total = sum(stage["seconds"] for stage in stages.get("stages", {}).values())
     return {
@@ -119,7 +87,7 @@ def reference_default_run(output_root: str) -> Optional[dict]:
     with tempfile.TemporaryDirectory(prefix="reference-mlmd-") as work:
         copy = os.path.join(work, "metadata.sqlite")  # never lock the user's store
         shutil.copy(metadata_path, copy)
-        stages = stage_seconds(copy, configs.PIPELINE_NAME)
+        stages = common.stage_seconds(copy, configs.PIPELINE_NAME)
     if not stages:
         return None
     return {"source": os.path.abspath(metadata_path),

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/real_data_ablation.py [--subset DIR] [--patients ID ...]
         [--train-steps 600] [--set synthetic_mix=0.3 --set dice_loss_weight=3 ...] [--out DIR]
 
-For each held-out patient: trains the Trainer's network (``trainer.model.build_compiled_model``,
+For each held-out patient: trains the Trainer's network (``trainer.training.build_compiled_model``,
 the same loss, schedule, augmentation and generated-slice mixing as ``run_fn``) on the other
 patients' labelled slices, normalised by ``trainer.preprocessing`` as the Transform graph does,
 then scores the held-out slices four ways with the project's Dice: the plain thresholded
@@ -30,8 +30,9 @@ import tensorflow as tf  # noqa: E402
 
 from benchmarks import lopo_sunnybrook  # noqa: E402
 from pipeline import configs  # noqa: E402
-from trainer import (dice, model as trainer_model, postprocess, preprocessing,  # noqa: E402
-                     tta)
+from trainer import config as trainer_config  # noqa: E402
+from trainer import dice, postprocess, preprocessing, tta  # noqa: E402
+from trainer import inputs as trainer_inputs, training as trainer_training  # noqa: E402
 
 
 def _normalised(slices) -> tuple:
@@ -41,12 +42,12 @@ def _normalised(slices) -> tuple:
     return images, labels
 
 
-def _train_dataset(train_slices, config: trainer_model.TrainingConfig) -> tf.data.Dataset:
+def _train_dataset(train_slices, config: trainer_config.TrainingConfig) -> tf.data.Dataset:
     generated = None
     if config.synthetic_mix:
         generated = tf.data.Dataset.from_tensor_slices(
-            _normalised(trainer_model.synthetic_slices(config)))
-    return trainer_model.training_batches(
+            _normalised(trainer_inputs.synthetic_slices(config)))
+    return trainer_inputs.training_batches(
         tf.data.Dataset.from_tensor_slices(_normalised(train_slices)), generated, config,
         config.batch_size)
 
@@ -60,7 +61,7 @@ def run_fold(slices, patient: str, config, train_steps: int, out_dir) -> dict:
     train = [s for s in slices if s.patient_id != patient]
     held_out = [s for s in slices if s.patient_id == patient]
     tf.keras.utils.set_random_seed(config.seed)
-    model = trainer_model.build_compiled_model(config, train_steps)
+    model = trainer_training.build_compiled_model(config, train_steps)
     epochs = min(config.epochs, train_steps)
     started = time.process_time()
     model.fit(_train_dataset(train, config), epochs=epochs,
@@ -94,12 +95,12 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.subset):
         print(f"no Sunnybrook subset at {args.subset} (--subset DIR)", file=sys.stderr)
         return 2
-    overrides = {"synthetic_mix": configs.DICOM_SYNTHETIC_MIX,
-                 "elastic_pixels": configs.DICOM_ELASTIC_PIXELS}
+    dicom = configs.dicom_run_defaults()
+    overrides = {"synthetic_mix": dicom["synthetic_mix"], "elastic_pixels": dicom["elastic_pixels"]}
     for item in args.set:
         name, _, value = item.partition("=")
         overrides[name] = json.loads(value)
-    config = trainer_model.TrainingConfig.from_custom_config(overrides)
+    config = trainer_config.TrainingConfig.from_custom_config(overrides)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     slices, _ = lopo_sunnybrook.labelled_slices(args.subset)

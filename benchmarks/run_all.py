@@ -3,8 +3,8 @@ one combined JSON object (``make bench``).
 
     .venv/bin/python benchmarks/run_all.py [--data-root data/synthetic] [--out DIR] [--quick]
 
-Order: ``data_stages`` (its single-process Transform outputs are kept and feed the next two),
-``training_throughput``, ``input_pipeline``, ``serving_latency``, ``model_flops``,
+Order: ``cli_startup``, ``data_stages`` (its single-process Transform outputs are kept and feed
+the next two), ``training_throughput``, ``input_pipeline``, ``serving_latency``, ``model_flops``,
 ``pipeline_stages`` (its default-run projection uses the Trainer's steady step time measured by
 ``training_throughput``). Each script runs in its own process; its stderr goes to
 ``<out>/<name>.log``, its JSON into the combined object under ``results``, and ``summary`` holds
@@ -27,14 +27,15 @@ if __package__ in (None, ""):
 from benchmarks import common  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ALL = ("data_stages", "training_throughput", "input_pipeline", "serving_latency", "model_flops",
-       "pipeline_stages")
+ALL = ("cli_startup", "data_stages", "training_throughput", "input_pipeline", "serving_latency",
+       "model_flops", "pipeline_stages")
 
 
 def _sizes(quick: bool) -> Dict[str, List[str]]:
     """Each script's arguments, sized for the budget (``quick``: a smoke run)."""
     if quick:
         return {
+            "cli_startup": ["--runs", "1"],
             "data_stages": ["--skip-portable"],
             "training_throughput": ["--steps", "4", "--epochs", "2"],
             "input_pipeline": ["--batches", "4", "--steps", "2"],
@@ -44,6 +45,7 @@ def _sizes(quick: bool) -> Dict[str, List[str]]:
             "pipeline_stages": ["--train-steps", "2", "--epochs", "1"],
         }
     return {
+        "cli_startup": ["--runs", "5"],
         "data_stages": ["--skip-portable", "--workers", "2"],
         "training_throughput": ["--steps", "16", "--epochs", "2", "--batch-size", "8"],
         "input_pipeline": ["--batches", "30", "--steps", "5"],
@@ -108,6 +110,10 @@ def summarise(results: Dict[str, dict]) -> Dict[str, object]:
             "step_real_over_cached": inputs["model_step"]["real_over_cached"],
             "model_waits_on_input": inputs["model_waits_on_input"],
         }
+    startup = results.get("cli_startup")
+    if startup:
+        summary["cli_help_median_s"] = {command: figures["median_s"]
+                                        for command, figures in startup["commands"].items()}
     serving = results.get("serving_latency")
     if serving:
         summary["serving"] = {}

@@ -47,11 +47,11 @@ def _sample_base_path(net: str, work_dir: str) -> str:
     from components import atomic_pusher
     from pipeline import configs
     from serving import sample_model
-    from trainer import model as trainer_model
+    from trainer import config as trainer_config
 
     model = sample_model.build_sample_saved_model(
         os.path.join(work_dir, net, "model"), os.path.join(work_dir, net, "build"), net=net,
-        unet_base_filters=trainer_model.TrainingConfig().unet_base_filters)
+        unet_base_filters=trainer_config.TrainingConfig().unet_base_filters)
     base_path = os.path.join(work_dir, net, "serving", configs.MODEL_NAME)
     atomic_pusher.push_version_atomically(model, base_path)
     return base_path

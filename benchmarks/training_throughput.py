@@ -17,7 +17,7 @@ determinism, thread pools, memory):
   validation pass per epoch, the TensorBoard callback, and the SavedModel export with the
   serving signatures (transform graph included).
 - ``plain``: the same transformed examples decoded into numpy arrays first (not timed, as the lab
-  loads its arrays before training), then ``trainer.model.build_compiled_model`` (same net, loss,
+  loads its arrays before training), then ``trainer.training.build_compiled_model`` (same net, loss,
   optimizer and metric) and ``model.fit(x, y, batch_size, epochs, steps_per_epoch)``: no
   augmentation, no validation, no callbacks, no export.
 
@@ -48,7 +48,7 @@ from unittest import mock
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, data_stages  # noqa: E402
 
 RUN_FN = "run_fn"
 PLAIN = "plain"
@@ -61,43 +61,15 @@ log = common.log_to_stderr("training")
 # --- the timing hooks, the same on both sides ---------------------------------------------------
 
 
-class Timings:
-    def __init__(self):
-        self.step_seconds = []
-        self.fit_seconds = 0.0
-        self.validation_seconds = 0.0
-        self.export_seconds = 0.0
-        self.steps = 0
-
-
-def _timing_callback(timings: Timings):
-    import tensorflow as tf
-
-    class StepTimer(tf.keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            self._step_started = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            timings.step_seconds.append(time.perf_counter() - self._step_started)
-            timings.steps += 1
-
-        def on_test_begin(self, logs=None):
-            self._test_started = time.perf_counter()
-
-        def on_test_end(self, logs=None):
-            timings.validation_seconds += time.perf_counter() - self._test_started
-
-    return StepTimer()
-
-
-def _instrumented(timings: Timings):
+def _instrumented(timings: common.Timings):
     """Patches ``Model.fit`` (adds the timer, times the call) and ``Model.save`` (times it)."""
     import tensorflow as tf
 
     original_fit, original_save = tf.keras.Model.fit, tf.keras.Model.save
 
     def fit(self, *args, **kwargs):
-        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [_timing_callback(timings)]
+        kwargs["callbacks"] = (list(kwargs.get("callbacks") or [])
+                               + [common.timing_callback(timings)])
         started = time.perf_counter()
         try:
             return original_fit(self, *args, **kwargs)
@@ -147,7 +119,7 @@ def run_run_fn_side(args, outputs: common.TransformOutputs, work_dir: str) -> di
         specs.CUSTOM_CONFIG_KEY: json.dumps(_training_config(args)),
         specs.RUN_FN_KEY: configs.RUN_FN,
     }
-    timings = Timings()
+    timings = common.Timings()
     with _instrumented(timings), common.stdout_to_stderr(), common.Stopwatch() as total:
         trainer_executor.GenericExecutor().Do(
             {specs.EXAMPLES_KEY: [examples], specs.TRANSFORM_GRAPH_KEY: [transform_graph],
@@ -161,16 +133,16 @@ def run_plain_side(args, outputs: common.TransformOutputs) -> dict:
     """The lab's way: arrays in memory, ``model.fit(x, y)``."""
     import tensorflow as tf
 
-    from trainer import model as trainer_model
+    from trainer import config as trainer_config, training as trainer_training
 
     with common.Stopwatch() as loading:
         images, labels = common.load_transformed_arrays(outputs, "train")
-    config = trainer_model.TrainingConfig.from_custom_config(_training_config(args))
+    config = trainer_config.TrainingConfig.from_custom_config(_training_config(args))
     epochs = min(args.epochs, args.steps)
     steps_per_epoch = math.ceil(args.steps / epochs)
-    timings = Timings()
+    timings = common.Timings()
     with _instrumented(timings), common.stdout_to_stderr(), common.Stopwatch() as total:
-        model = trainer_model.build_compiled_model(config, args.steps)
+        model = trainer_training.build_compiled_model(config, args.steps)
         model.fit(images, labels, batch_size=args.batch_size, epochs=epochs,
                   steps_per_epoch=steps_per_epoch, shuffle=True, verbose=2)
     del model
@@ -181,7 +153,7 @@ def run_plain_side(args, outputs: common.TransformOutputs) -> dict:
     return result
 
 
-def _side_result(args, timings: Timings, total_seconds: float) -> dict:
+def _side_result(args, timings: common.Timings, total_seconds: float) -> dict:
     import numpy as np
 
     images = timings.steps * args.batch_size
@@ -212,7 +184,7 @@ def _one_side(args) -> dict:
     from trainer import tf_env  # noqa: F401  (before TensorFlow)
 
     with tempfile.TemporaryDirectory(prefix=f"training-{args.side}-") as work_dir:
-        outputs = common.transform_outputs(args.pipeline_root, args.data_root, work_dir, log)
+        outputs = data_stages.transform_outputs(args.pipeline_root, args.data_root, work_dir, log)
         log(f"{args.side}: {args.net}, {args.steps} steps of {args.batch_size} in "
             f"{args.epochs} epochs")
         if args.side == RUN_FN:
@@ -243,7 +215,7 @@ def compare(args) -> dict:
         pipeline_root = args.pipeline_root
         if not pipeline_root:
             from trainer import tf_env  # noqa: F401
-            pipeline_root = common.transform_outputs(None, args.data_root, work_dir,
+            pipeline_root = data_stages.transform_outputs(None, args.data_root, work_dir,
                                                      log).pipeline_root
         sides = {side: _run_side_in_subprocess(args, side, pipeline_root) for side in SIDES}
     plain, run_fn = sides[PLAIN], sides[RUN_FN]

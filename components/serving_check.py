@@ -49,7 +49,8 @@ def _stage_as_version(model_path: str, staging_root: str, model_name: str) -> st
 
 
 def _check_prediction(name: str, result, num_slices: int) -> List[str]:
-    from trainer import postprocess, records, signatures
+    from trainer import postprocess, signatures
+    from dataset import records
 
     problems = []
     expected_shape = (num_slices,) + records.IMAGE_SHAPE

@@ -1,7 +1,7 @@
 """SunnybrookExampleGen: an ExampleGen that reads DICOMs + expert LV contours directly.
 
 It does inside the pipeline what ``lvseg data sunnybrook`` does on the command line
-(:func:`components.sunnybrook.ingest`): pairs contours with DICOMs by case and InstanceNumber,
+(:func:`dataset.sunnybrook.ingest`): pairs contours with DICOMs by case and InstanceNumber,
 fills the masks, splits by patient, and writes lab-schema records into the ``Split-train`` and
 ``Split-eval`` folders of its Examples artifact, which every downstream component reads like
 ImportExampleGen's output. The ingest summary (skips by reason, the split) is saved in the
@@ -12,7 +12,7 @@ from tfx.components.example_gen import utils as example_gen_utils
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
-from components import sunnybrook
+from dataset import sunnybrook
 
 SPLITS = ("train", "eval")
 
@@ -29,7 +29,7 @@ def SunnybrookExampleGen(
 ) -> None:
     """Reads ``dicom_root`` and ``contour_root`` (both SCD layouts; ``link_path`` maps contour
     case folders to DICOM folders). ``input_fingerprint`` only keys the cache (see
-    :func:`components.sunnybrook.input_fingerprint`)."""
+    :func:`dataset.sunnybrook.input_fingerprint`)."""
     del input_fingerprint
     examples.split_names = artifact_utils.encode_split_names(list(SPLITS))
     summary = sunnybrook.ingest(

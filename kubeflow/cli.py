@@ -15,7 +15,6 @@ import sys
 from pipeline import configs
 
 EXIT_SUBMIT_FAILED = 1
-KFP, VERTEX = "kfp", "vertex"  # kubeflow.targets' names, without importing TFX for --help
 
 
 def register(subparsers) -> None:
@@ -27,18 +26,17 @@ def register(subparsers) -> None:
 
 
 def _add_compile_command(commands) -> None:
-    from kubeflow import beam_settings, resources, runner
-    from pipeline import cli as local_cli
-    from trainer import nets, preprocessing
+    from kubeflow import beam_settings, config, resources
+    from pipeline import options
 
-    defaults = configs.DEFAULT_TRAINING
     compile_ = commands.add_parser(
         "compile", help="compile to a pipeline spec (no cloud access needed)",
         description="Compiles the pipeline for Kubeflow Pipelines 2 (TFX KubeflowV2DagRunner): "
                     "--target kfp for open-source Kubeflow Pipelines (default), vertex for "
                     "Vertex AI Pipelines. Nothing is read or uploaded: URIs may be gs:// on a "
-                    "machine without network.")
-    compile_.add_argument("--target", choices=(KFP, VERTEX), default=KFP,
+                    "machine without network. The training and gate options set the defaults "
+                    "of the run-time parameters, which a run can override.")
+    compile_.add_argument("--target", choices=config.TARGETS, default=config.KFP,
                           help="kfp: open-source Kubeflow Pipelines 2 (default); vertex: Vertex "
                                "AI Pipelines")
     compile_.add_argument("--image", required=True,
@@ -52,54 +50,15 @@ def _add_compile_command(commands) -> None:
     compile_.add_argument("--output",
                           help="the compiled file: .yaml (PipelineSpec, as the Kubeflow UI and "
                                "client take it) or, for --target vertex, .json (PipelineJob); "
-                               f"default {runner.DEFAULT_OUTPUTS[KFP]} (kfp), "
-                               f"{runner.DEFAULT_OUTPUTS[VERTEX]} (vertex)")
+                               f"default {config.DEFAULT_OUTPUTS[config.KFP]} (kfp), "
+                               f"{config.DEFAULT_OUTPUTS[config.VERTEX]} (vertex)")
     compile_.add_argument("--pipeline-name", default=configs.PIPELINE_NAME)
     compile_.add_argument("--hash-split", action="store_true",
                           help="read every file under the data root and hash-split it 9:1, "
                                "instead of its train/ and eval/ folders")
-    schema = compile_.add_mutually_exclusive_group()
-    schema.add_argument("--schema", default=runner.IMAGE_SCHEMA_PATH,
-                        help="curated schema, as the tasks see it (default: the one in the image)")
-    schema.add_argument("--infer-schema", action="store_true",
-                        help="infer the schema with SchemaGen instead of importing one")
-
-    params = compile_.add_argument_group(
-        "run-time parameters (defaults written into the spec; a run can override them)")
-    params.add_argument("--train-steps", type=int, default=configs.DEFAULT_TRAIN_STEPS)
-    params.add_argument("--model", choices=nets.MODEL_NAMES, default=defaults.model)
-    params.add_argument("--epochs", type=int, default=defaults.epochs)
-    params.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    params.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    params.add_argument("--synthetic-mix", type=float, default=defaults.synthetic_mix,
-                        metavar="SHARE", help="share of training examples drawn from generated "
-                        f"slices (use {configs.DICOM_SYNTHETIC_MIX} for a few real patients)")
-    params.add_argument("--elastic-pixels", type=float, default=defaults.elastic_pixels,
-                        metavar="PIXELS", help="elastic deformation when augmenting (pixels; use "
-                        f"{configs.DICOM_ELASTIC_PIXELS} for a few real patients)")
-    local_cli.add_intensity_jitter_options(params, defaults)
-    params.add_argument("--ensemble-size", type=int, default=defaults.ensemble_size,
-                        metavar="N", help="train N networks and export one model averaging "
-                        f"them (use {configs.DICOM_ENSEMBLE_SIZE} for a few real patients)")
-    params.add_argument("--test-time-flips", action=argparse.BooleanOptionalAction,
-                        default=defaults.test_time_flips,
-                        help="export a model that averages its prediction over the image's four "
-                             "flips (four forward passes per image; see the README)")
-    params.add_argument("--seed", type=int, default=defaults.seed)
-    params.add_argument("--min-dice", type=float, default=configs.MIN_DICE,
-                        help="push only if eval Dice is at least this")
-    params.add_argument("--max-dice-drop", type=float, default=configs.MAX_DICE_DROP,
-                        help="push only if eval Dice is at most this below the served model's")
-    slice_gate = params.add_mutually_exclusive_group()
-    slice_gate.add_argument("--max-slice-dice-drop", type=float,
-                            default=configs.MAX_SLICE_DICE_DROP, metavar="DROP",
-                            help="push only if, on each LV size bucket, eval Dice is at most "
-                                 "this below the served model's on that bucket (default "
-                                 f"{configs.MAX_SLICE_DICE_DROP})")
-    slice_gate.add_argument("--no-slice-gate", action="store_true",
-                            help="gate on overall Dice only")
-    compile_.add_argument("--normalization", choices=preprocessing.NORMALIZATIONS,
-                          default=configs.DEFAULT_NORMALIZATION)
+    options.add_schema_options(compile_, config.IMAGE_SCHEMA_PATH, "as the tasks see it")
+    options.add_training_options(compile_)
+    options.add_gate_options(compile_)
     compile_.add_argument("--no-cache", action="store_true", help="disable Kubeflow's task cache")
 
     beam = compile_.add_argument_group("Beam (ExampleGen, StatisticsGen, Transform, Evaluator)")
@@ -162,14 +121,15 @@ def _task_resources(args) -> dict:
 
 
 def _add_submit_command(commands) -> None:
-    from trainer import nets
+    from kubeflow import config
+    from trainer import config as trainer_config
 
     submit = commands.add_parser(
         "submit", help="start a run of a compiled pipeline",
         description="Starts a run of a compiled pipeline on open-source Kubeflow Pipelines "
                     "(--host) or Vertex AI Pipelines (--target vertex --project --region). "
                     "Every override is checked before anything is sent.")
-    submit.add_argument("--target", choices=(KFP, VERTEX), default=KFP)
+    submit.add_argument("--target", choices=config.TARGETS, default=config.KFP)
     submit.add_argument("--package", help="the compiled file (default: what `compile` writes "
                                           "for the target)")
     submit.add_argument("--run-name")
@@ -177,7 +137,8 @@ def _add_submit_command(commands) -> None:
     overrides = submit.add_argument_group(
         "run-time overrides (the package's defaults otherwise)")
     overrides.add_argument("--train-steps", type=int, help="training steps (train_args)")
-    overrides.add_argument("--model", choices=nets.MODEL_NAMES, help="(training_config)")
+    overrides.add_argument("--model", choices=trainer_config.MODEL_NAMES,
+                           help="(training_config)")
     overrides.add_argument("--min-dice", type=float, help="the gate's Dice threshold, in [0, 1] "
                            "(eval_config)")
     overrides.add_argument("--param", action="append", default=[], metavar="NAME=JSON",
@@ -205,35 +166,22 @@ def _add_submit_command(commands) -> None:
 
 def _compile(args) -> int:
     from kubeflow import beam_settings, runner
+    from pipeline import options
 
     run = runner.KubeflowCompile(
         image=args.image,
         pipeline_root=args.pipeline_root,
         data_root=args.data_root,
         serving_root=args.serving_dir,
-        pipeline_name=args.pipeline_name,
+        settings=options.settings_from_args(args, pipeline_name=args.pipeline_name),
         split_by_folders=not args.hash_split,
-        schema_path=None if args.infer_schema else args.schema,
-        train_steps=args.train_steps,
-        training=dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                      learning_rate=args.learning_rate, seed=args.seed,
-                      synthetic_mix=args.synthetic_mix, elastic_pixels=args.elastic_pixels,
-                      max_gain_change=args.max_gain_change,
-                      max_gamma_change=args.max_gamma_change,
-                      ensemble_size=args.ensemble_size,
-                      test_time_flips=args.test_time_flips),
-        normalization=args.normalization,
-        min_dice=args.min_dice,
-        max_dice_drop=args.max_dice_drop,
-        max_slice_dice_drop=None if args.no_slice_gate else args.max_slice_dice_drop,
         beam=beam_settings.BeamSettings(
             runner=args.beam_runner, direct_workers=args.direct_workers, project=args.project,
             region=args.region, temp_location=args.temp_location,
             job_endpoint=args.job_endpoint, environment_type=args.environment_type,
             environment_config=args.environment_config, extra_args=args.beam_args),
         target=args.target,
-        task_resources=_task_resources(args),
-        enable_cache=not args.no_cache)
+        task_resources=_task_resources(args))
     output = args.output or runner.DEFAULT_OUTPUTS[args.target]
     compiled = runner.compile_pipeline(run, output)
     print(f"compiled {runner.count_tasks(compiled)} tasks for {args.target} -> {output}\n"
@@ -248,12 +196,13 @@ def _compile(args) -> int:
 
 
 def _submit(args) -> int:
-    from kubeflow import run_parameters, runner, submit
+    from kubeflow import run_parameters, submit
+    from kubeflow.config import DEFAULT_OUTPUTS, KFP
 
-    package_path = args.package or runner.DEFAULT_OUTPUTS[args.target]
+    package_path = args.package or DEFAULT_OUTPUTS[args.target]
     if args.target == KFP and not args.host:
         raise ValueError("--host is required with --target kfp")
-    if args.target == VERTEX and not (args.project and args.region):
+    if args.target != KFP and not (args.project and args.region):
         raise ValueError("--project and --region are required with --target vertex")
     package = submit.load_package(package_path)
     arguments = run_parameters.overrides(
@@ -296,7 +245,7 @@ def _parse_params(pairs) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     """A parser with just this command, for tests (``lvseg kubeflow`` runs through
-    ``pipeline.cli.main``, which reports bad input)."""
+    ``lvseg.cli.main``, which reports bad input)."""
     parser = argparse.ArgumentParser(prog="lvseg")
     register(parser.add_subparsers(dest="command", required=True))
     return parser

@@ -22,7 +22,8 @@ import os
 from typing import Iterator, Mapping, Optional, Tuple
 
 # The packages setup.py installs (its find_packages include list) and their package data.
-PACKAGES = ("components", "kubeflow", "pipeline", "serving", "trainer")
+PACKAGES = ("components", "dataset", "kubeflow", "lvseg", "monitoring", "pipeline", "report",
+            "serving", "trainer")
 PACKAGE_DATA = {"pipeline": ("schema/*.pbtxt",)}
 # Libraries whose version changes what a task computes (requirements.lock pins each).
 RUNTIME_DISTRIBUTIONS = (

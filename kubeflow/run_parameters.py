@@ -3,7 +3,7 @@ run is sent.
 
 TFX 1.16 takes a run-time parameter only for a whole proto or dict, so each parameter is one JSON
 string: ``train_args`` (TFX ``TrainArgs``), ``eval_config`` (TFMA ``EvalConfig``, the gate) and
-``training_config`` (``trainer.model.TrainingConfig`` fields). A bad value would otherwise fail
+``training_config`` (``trainer.config.TrainingConfig`` fields). A bad value would otherwise fail
 only inside the Trainer or Evaluator, after the data stages; :func:`check` parses each one as its
 executor will and applies the same rules, so a bad override is refused before anything is sent.
 """
@@ -81,10 +81,10 @@ def check_eval_config(text: str) -> str:
 
 
 def check_training_config(text: str) -> str:
-    from trainer import model
+    from trainer import config as trainer_config
     config = _json_object(configs.TRAINING_CONFIG_PARAMETER, text, "TrainingConfig")
     try:
-        model.TrainingConfig.from_custom_config(config)
+        trainer_config.TrainingConfig.from_custom_config(config)
     except (TypeError, ValueError) as exc:
         raise ParameterError(f"{configs.TRAINING_CONFIG_PARAMETER}: {exc}") from None
     return to_json(config)

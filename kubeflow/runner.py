@@ -24,62 +24,48 @@ from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
 from kubeflow import beam_settings, code_version, resources, run_parameters, targets
+from kubeflow.config import DEFAULT_OUTPUTS, IMAGE_PROJECT_DIR, IMAGE_SCHEMA_PATH, KFP  # noqa: F401
 from pipeline import configs
 from pipeline.eval_config import build_eval_config
 from pipeline.pipeline import build_train_args, create_pipeline, never_cached
-
-# Where the Dockerfile puts the project's source in the image (the curated schema is read there).
-IMAGE_PROJECT_DIR = "/opt/lvseg/src"
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(configs.__file__)))
-IMAGE_SCHEMA_PATH = posixpath.join(
-    IMAGE_PROJECT_DIR, os.path.relpath(configs.CURATED_SCHEMA_PATH, _REPO_ROOT))
+from pipeline.settings import PipelineSettings
 
 JSON_SUFFIX = ".json"
 YAML_SUFFIXES = (".yaml", ".yml")
-# What each target's client uploads: the kfp client takes YAML only (the PipelineSpec, then the
-# Kubernetes platform config); Vertex AI takes TFX's PipelineJob JSON or the YAML.
-DEFAULT_OUTPUTS = {targets.KFP: f"{configs.PIPELINE_NAME}.yaml",
-                   targets.VERTEX: f"{configs.PIPELINE_NAME}.json"}
 
 
 @dataclasses.dataclass
 class KubeflowCompile:
-    """What a compiled Kubeflow pipeline reads, writes, runs in, and its parameters' defaults."""
+    """What a compiled Kubeflow pipeline reads, writes and runs in (``settings``: what it trains
+    and how it gates, the parameters' defaults; shared with the local runners)."""
 
     image: str
     pipeline_root: str
     data_root: str
     serving_root: str  # pushed versions land in <serving_root>/<model_name>/<version>/
-    pipeline_name: str = configs.PIPELINE_NAME
-    model_name: str = configs.MODEL_NAME
+    settings: PipelineSettings = dataclasses.field(
+        default_factory=lambda: PipelineSettings(schema_path=IMAGE_SCHEMA_PATH))
     split_by_folders: bool = True  # train/ and eval/ under the data root; else a hash split
-    schema_path: Optional[str] = IMAGE_SCHEMA_PATH  # None: infer it with SchemaGen
-    train_steps: int = configs.DEFAULT_TRAIN_STEPS
-    training: Dict[str, Any] = dataclasses.field(default_factory=dict)  # TrainingConfig overrides
-    normalization: str = configs.DEFAULT_NORMALIZATION
-    min_dice: float = configs.MIN_DICE
-    max_dice_drop: float = configs.MAX_DICE_DROP
-    max_slice_dice_drop: Optional[float] = configs.MAX_SLICE_DICE_DROP  # None: no slice gate
     beam: beam_settings.BeamSettings = dataclasses.field(
         default_factory=beam_settings.BeamSettings)
-    target: str = targets.KFP
+    target: str = KFP
     # resources per group of tasks (resources.DATA, TRAINER, SERVING_CHECK)
     task_resources: Dict[str, resources.TaskResources] = dataclasses.field(default_factory=dict)
-    enable_cache: bool = True
 
     @property
     def serving_model_dir(self) -> str:
-        return posixpath.join(self.serving_root, self.model_name)
+        return posixpath.join(self.serving_root, self.settings.model_name)
 
 
 def parameter_defaults(run: KubeflowCompile) -> Dict[str, str]:
     """The run-time parameters' default values, each a JSON string."""
+    settings = run.settings
     return {
-        configs.TRAIN_ARGS_PARAMETER: run_parameters.to_json(build_train_args(run.train_steps)),
-        configs.EVAL_CONFIG_PARAMETER: run_parameters.to_json(
-            build_eval_config(run.min_dice, run.max_dice_drop, run.max_slice_dice_drop)),
-        configs.TRAINING_CONFIG_PARAMETER: run_parameters.to_json(
-            configs.training_custom_config(run.training)),
+        configs.TRAIN_ARGS_PARAMETER: run_parameters.to_json(
+            build_train_args(settings.train_steps)),
+        configs.EVAL_CONFIG_PARAMETER: run_parameters.to_json(build_eval_config(
+            settings.min_dice, settings.max_dice_drop, settings.max_slice_dice_drop)),
+        configs.TRAINING_CONFIG_PARAMETER: run_parameters.to_json(settings.training_config()),
     }
 
 
@@ -87,18 +73,18 @@ def build_pipeline(run: KubeflowCompile) -> tfx.dsl.Pipeline:
     parameters = {name: tfx.dsl.experimental.RuntimeParameter(name=name, ptype=str, default=value)
                   for name, value in parameter_defaults(run).items()}
     return create_pipeline(
-        pipeline_name=run.pipeline_name,
+        pipeline_name=run.settings.pipeline_name,
         pipeline_root=run.pipeline_root,
         data_root=run.data_root,
         serving_model_dir=run.serving_model_dir,
         split_patterns=dict(configs.SPLIT_PATTERNS) if run.split_by_folders else None,
-        schema_path=run.schema_path,
+        schema_path=run.settings.schema_path,
         train_args=parameters[configs.TRAIN_ARGS_PARAMETER],
         eval_config=parameters[configs.EVAL_CONFIG_PARAMETER],
         training_config=parameters[configs.TRAINING_CONFIG_PARAMETER],
-        transform_config={"normalization": run.normalization},
+        transform_config=run.settings.transform_config(),
         beam_pipeline_args=beam_settings.beam_pipeline_args(run.beam, run.image),
-        enable_cache=run.enable_cache)
+        enable_cache=run.settings.enable_cache)
 
 
 @dataclasses.dataclass
@@ -122,7 +108,7 @@ def compile_pipeline(run: KubeflowCompile, output_path: str) -> CompiledPipeline
     if run.target not in targets.TARGETS:
         raise ValueError(f"target must be one of {targets.TARGETS}, got {run.target!r}")
     if output_path.endswith(JSON_SUFFIX):
-        if run.target == targets.KFP:
+        if run.target == KFP:
             raise ValueError("Kubeflow Pipelines' client uploads YAML: name a .yaml output for "
                              "--target kfp (.json is the PipelineJob for --target vertex)")
     elif not output_path.endswith(YAML_SUFFIXES):
@@ -141,7 +127,7 @@ def compile_pipeline(run: KubeflowCompile, output_path: str) -> CompiledPipeline
     spec["defaultPipelineRoot"] = run.pipeline_root
     version = code_version.code_version()
     targets.adapt(spec, run.target, run.image, version, never_cached(pipeline))
-    platform_spec = resources.apply(spec, run.task_resources, kubernetes=run.target == targets.KFP)
+    platform_spec = resources.apply(spec, run.task_resources, kubernetes=run.target == KFP)
     compiled = CompiledPipeline(job=job, platform_spec=platform_spec, code_version=version)
 
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)

@@ -30,10 +30,8 @@ from typing import Iterable, List
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
 from kubeflow import container_entrypoint, input_fingerprint
+from kubeflow.config import KFP, TARGETS, VERTEX  # noqa: F401
 
-KFP = "kfp"
-VERTEX = "vertex"
-TARGETS = (KFP, VERTEX)
 
 TFX_COMMAND = list(kubeflow_v2_dag_runner.KUBEFLOW_TFX_CMD)
 ENTRYPOINT_COMMAND = ["python", "-m", "kubeflow.container_entrypoint"]

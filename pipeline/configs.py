@@ -3,14 +3,20 @@
 Nothing here reads the environment or touches the file system: paths are built from arguments.
 """
 import os
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
-from trainer import model as trainer_model
-from trainer import preprocessing
+from trainer import config as trainer_config
 
 PIPELINE_NAME = "lv-segmentation"
 # The name TF Serving serves the model under: <serving_root>/<MODEL_NAME>/<version>/.
 MODEL_NAME = "lv_segmentation"
+
+# The local orchestrators (pipeline/local_runner.py): TFX's BeamDagRunner, the default, or its
+# LocalDagRunner.
+BEAM_RUNNER = "beam"
+LOCAL_RUNNER = "local"
+LOCAL_RUNNERS = (BEAM_RUNNER, LOCAL_RUNNER)
+DEFAULT_LOCAL_RUNNER = BEAM_RUNNER
 
 # Defaults of the local runs (relative to the working directory, as `make run` uses them).
 DEFAULT_DATA_ROOT = os.path.join("data", "synthetic")
@@ -37,25 +43,23 @@ PIXEL_ACCURACY_METRIC_CLASS = "PixelAccuracy"
 AREA_METRIC_MODULE = "trainer.area_metric"
 AREA_METRIC_CLASS = "LVAreaError"
 
-# Training: total steps (TFX TrainArgs); the rest is trainer.model.TrainingConfig.
+# Training: total steps (TFX TrainArgs); the rest is trainer.config.TrainingConfig.
 DEFAULT_TRAIN_STEPS = 300
-DEFAULT_TRAINING = trainer_model.TrainingConfig()
-DEFAULT_NORMALIZATION = preprocessing.DEFAULT_NORMALIZATION
-# Real DICOMs (usually a few patients): half of the training examples are generated slices, and
-# training is longer, since half of it is spent on those (measured on the Sunnybrook subset, see
-# the README's "Training on real patients").
-DICOM_SYNTHETIC_MIX = 0.5
-DICOM_TRAIN_STEPS = 600
-# ... and the exported model averages its prediction over the four flips of the image
-# (trainer.tta; measured on the Sunnybrook subset, README).
-DICOM_TEST_TIME_FLIPS = True
-# ... and training augments with an elastic deformation of this many pixels (trainer.augment;
-# measured on the Sunnybrook subset, README).
-DICOM_ELASTIC_PIXELS = 4.0
-# ... and trains a deep ensemble of this many networks, exported as one model averaging their LV
-# probabilities (trainer.nets.build_ensemble): three times the training and the serving work
-# (measured on the Sunnybrook subset, README).
-DICOM_ENSEMBLE_SIZE = 3
+DEFAULT_TRAINING = trainer_config.TrainingConfig()
+DEFAULT_NORMALIZATION = trainer_config.DEFAULT_NORMALIZATION
+
+
+def dicom_run_defaults() -> Dict[str, Any]:
+    """What a run on real DICOMs (usually a few patients) changes from the general defaults:
+    ``train_steps`` and TrainingConfig fields, each measured on the Sunnybrook subset
+    (docs/decisions.md). Half of the training examples are generated slices, so training is
+    longer; an elastic deformation of 4 px when augmenting (trainer.augment); the exported model
+    averages its prediction over the four flips of the image (trainer.tta); and a deep ensemble
+    of three nets averaged into one model (trainer.nets.build_ensemble), three times the
+    training and the serving work."""
+    return {"train_steps": 600, "synthetic_mix": 0.5, "elastic_pixels": 4.0,
+            "test_time_flips": True, "ensemble_size": 3}
+
 
 # The gate: a model is pushed only if its eval Dice is at least MIN_DICE and at most
 # MAX_DICE_DROP below the Dice of the model being served (0 = no regression allowed).
@@ -76,7 +80,8 @@ EVAL_CONFIG_PARAMETER = "eval_config"
 TRAINING_CONFIG_PARAMETER = "training_config"
 
 # Beam settings of the data components. In-memory DirectRunner is quickest for the lab-sized set;
-# see the README for multi-processing, Flink, Spark and Dataflow.
+# docs/pipeline.md ("Local runners") for multi-processing, docs/kubeflow.md for Flink, Spark and
+# Dataflow, docs/costs.md for the measurement.
 DEFAULT_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 
 METADATA_FILE = "metadata.sqlite"  # ML Metadata's SQLite store, in the pipeline root
@@ -99,5 +104,5 @@ def serving_model_dir(output_root: str, model_name: str = MODEL_NAME) -> str:
 def training_custom_config(overrides: Optional[dict] = None) -> dict:
     """The Trainer's custom_config: the TrainingConfig defaults with ``overrides`` applied."""
     config = {**DEFAULT_TRAINING.__dict__, **(overrides or {})}
-    trainer_model.TrainingConfig.from_custom_config(config)  # fail here, not inside the Trainer
+    trainer_config.TrainingConfig.from_custom_config(config)  # fail here, not inside the Trainer
     return config

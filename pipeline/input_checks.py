@@ -10,7 +10,7 @@ from typing import BinaryIO, Dict, Optional
 
 from tqdm import tqdm
 
-from trainer import records
+from dataset import records
 
 
 class InputDataError(ValueError):

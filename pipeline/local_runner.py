@@ -32,34 +32,25 @@ from tfx.dsl.compiler import compiler
 from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 from tfx.proto.orchestration import pipeline_pb2
 
-from components import sunnybrook
+from dataset import sunnybrook
 from pipeline import configs
 from pipeline.pipeline import DicomSource, create_pipeline, never_cached
+from pipeline.settings import PipelineSettings
 
-BEAM = "beam"
-LOCAL = "local"
-RUNNERS = (BEAM, LOCAL)
-DEFAULT_RUNNER = BEAM
+BEAM, LOCAL, RUNNERS, DEFAULT_RUNNER = (configs.BEAM_RUNNER, configs.LOCAL_RUNNER,
+                                         configs.LOCAL_RUNNERS, configs.DEFAULT_LOCAL_RUNNER)
 
 
 @dataclasses.dataclass
 class LocalRun:
-    """Where a local run reads and writes, and how it trains and gates."""
+    """Where a local run reads and writes, and how (``settings``: what it trains and how it
+    gates, shared with the Kubeflow compiler)."""
 
     data_root: str = configs.DEFAULT_DATA_ROOT
     output_root: str = configs.DEFAULT_OUTPUT_ROOT
     runner: str = DEFAULT_RUNNER
-    pipeline_name: str = configs.PIPELINE_NAME
-    model_name: str = configs.MODEL_NAME
-    schema_path: Optional[str] = configs.CURATED_SCHEMA_PATH
-    train_steps: int = configs.DEFAULT_TRAIN_STEPS
-    training: Dict = dataclasses.field(default_factory=dict)  # TrainingConfig overrides
-    normalization: str = configs.DEFAULT_NORMALIZATION
-    min_dice: float = configs.MIN_DICE
-    max_dice_drop: float = configs.MAX_DICE_DROP
-    max_slice_dice_drop: Optional[float] = configs.MAX_SLICE_DICE_DROP  # None: no slice gate
+    settings: PipelineSettings = dataclasses.field(default_factory=PipelineSettings)
     beam_args: Sequence[str] = configs.DEFAULT_BEAM_ARGS
-    enable_cache: bool = True
     # DICOMs + contours instead of data_root's TFRecords (SunnybrookExampleGen)
     dicom_root: Optional[str] = None
     contour_root: Optional[str] = None
@@ -68,6 +59,14 @@ class LocalRun:
     split_seed: int = sunnybrook.DEFAULT_SEED
     # TFX's InfraValidator with the official TF Serving image in Docker, instead of ServingCheck
     docker_infra_validation: bool = False
+
+    @property
+    def pipeline_name(self) -> str:
+        return self.settings.pipeline_name
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model_name
 
     @property
     def pipeline_root(self) -> str:
@@ -107,25 +106,26 @@ def build_pipeline(run: LocalRun) -> tfx.dsl.Pipeline:
     if run.runner not in RUNNERS:
         raise ValueError(f"runner must be one of {RUNNERS}, got {run.runner!r}")
     dicom_source = run.dicom_source()
+    settings = run.settings
     return create_pipeline(
-        pipeline_name=run.pipeline_name,
+        pipeline_name=settings.pipeline_name,
         pipeline_root=os.path.abspath(run.pipeline_root),
         data_root=None if dicom_source else os.path.abspath(run.data_root),
         dicom_source=dicom_source,
         serving_model_dir=os.path.abspath(run.serving_model_dir),
         split_patterns=run.split_patterns(),
-        schema_path=run.schema_path,
-        train_steps=run.train_steps,
-        training_config=configs.training_custom_config(run.training),
-        transform_config={"normalization": run.normalization},
-        min_dice=run.min_dice,
-        max_dice_drop=run.max_dice_drop,
-        max_slice_dice_drop=run.max_slice_dice_drop,
+        schema_path=settings.schema_path,
+        train_steps=settings.train_steps,
+        training_config=settings.training_config(),
+        transform_config=settings.transform_config(),
+        min_dice=settings.min_dice,
+        max_dice_drop=settings.max_dice_drop,
+        max_slice_dice_drop=settings.max_slice_dice_drop,
         beam_pipeline_args=direct_runner_dependency_args(run.beam_args),
         docker_infra_validation=run.docker_infra_validation,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             os.path.abspath(run.metadata_path)),
-        enable_cache=run.enable_cache)
+        enable_cache=settings.enable_cache)
 
 
 PROJECT_SETUP_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

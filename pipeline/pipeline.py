@@ -19,7 +19,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 
-from components import sunnybrook
+from dataset import sunnybrook
 from components.atomic_pusher import AtomicPusher
 from components.data_gate import DataGate
 from components.served_model import Evaluator, ServedModel
@@ -34,7 +34,7 @@ RuntimeParameter = tfx.dsl.experimental.RuntimeParameter
 @dataclasses.dataclass(frozen=True)
 class DicomSource:
     """Sunnybrook-style DICOMs + expert contours, read by SunnybrookExampleGen instead of
-    ImportExampleGen reading TFRecords (see components/sunnybrook.py for the layouts)."""
+    ImportExampleGen reading TFRecords (see dataset/sunnybrook.py for the layouts)."""
 
     dicom_root: str
     contour_root: str
@@ -95,7 +95,7 @@ def create_pipeline(
       schema_path: a curated schema (``schema.pbtxt``) to validate against; None infers one
         from the statistics with SchemaGen.
       train_steps: total training steps.
-      training_config: the Trainer's custom_config (``trainer.model.TrainingConfig`` fields),
+      training_config: the Trainer's custom_config (``trainer.config.TrainingConfig`` fields),
         or a RuntimeParameter holding it as JSON.
       transform_config: the Transform's custom_config (``normalization``).
       min_dice, max_dice_drop: the overall gate (see ``pipeline.eval_config``); the

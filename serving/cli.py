@@ -20,8 +20,9 @@ EXIT_BAD_INPUT = 2  # as `lvseg`: some input was unusable (the others were proce
 
 def register(subparsers) -> None:
     """Adds ``serve``, ``predict`` and ``models-config`` to ``subparsers``."""
+    from monitoring import request_log
     from pipeline import configs
-    from serving import client, model_server, models_config, payloads, request_log, versions
+    from serving import config as serving_config
 
     default_base_path = configs.serving_model_dir(configs.DEFAULT_OUTPUT_ROOT)
 
@@ -31,11 +32,11 @@ def register(subparsers) -> None:
     serve.add_argument("--model-base-path", default=default_base_path,
                        help="folder of integer-named versions (default: %(default)s)")
     serve.add_argument("--model-name", default=configs.MODEL_NAME)
-    serve.add_argument("--port", type=int, default=models_config.GRPC_PORT,
+    serve.add_argument("--port", type=int, default=serving_config.GRPC_PORT,
                        help="gRPC port (0: any free port)")
     serve.add_argument("--rest-port", type=int,
                        help=f"also serve TF Serving's REST API on this port (the image uses "
-                            f"{models_config.REST_PORT}; default: no REST)")
+                            f"{serving_config.REST_PORT}; default: no REST)")
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
     policy = serve.add_mutually_exclusive_group()
     policy.add_argument("--latest", type=int, default=1, metavar="N",
@@ -45,14 +46,15 @@ def register(subparsers) -> None:
     policy.add_argument("--all-versions", action="store_true", help="serve every version")
     serve.add_argument("--version-label", action="append", default=[], metavar="LABEL=VERSION",
                        help="a version label (repeatable), e.g. stable=1700000000")
-    serve.add_argument("--poll-seconds", type=float, default=versions.DEFAULT_POLL_INTERVAL_S,
+    serve.add_argument("--poll-seconds", type=float, default=serving_config.DEFAULT_POLL_INTERVAL_S,
                        help="how often the base path is checked for new versions")
-    serve.add_argument("--max-message-bytes", type=int, default=payloads.DEFAULT_MAX_MESSAGE_BYTES,
+    serve.add_argument("--max-message-bytes", type=int,
+                       default=serving_config.DEFAULT_MAX_MESSAGE_BYTES,
                        help="largest request or response (default: %(default)s, a batch of "
-                            f"{payloads.MAX_BATCH_IMAGES} slices)")
-    serve.add_argument("--workers", type=int, default=model_server.DEFAULT_WORKERS,
+                            f"{serving_config.MAX_BATCH_IMAGES} slices)")
+    serve.add_argument("--workers", type=int, default=serving_config.DEFAULT_WORKERS,
                        help="requests handled at once")
-    serve.add_argument("--grace-seconds", type=float, default=model_server.DEFAULT_GRACE_S,
+    serve.add_argument("--grace-seconds", type=float, default=serving_config.DEFAULT_GRACE_S,
                        help="on SIGTERM, how long requests in flight may take to finish")
     serve.add_argument("--tls-cert", help="PEM certificate chain: serve over TLS")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
@@ -80,22 +82,22 @@ def register(subparsers) -> None:
         "predict", help="segment DICOM, PNG, NPY or TFRecord files with a served model")
     predict.add_argument("files", nargs="+", metavar="FILE",
                          help="input files or folders (every file under a folder is tried)")
-    predict.add_argument("--target", default=f"localhost:{models_config.GRPC_PORT}",
+    predict.add_argument("--target", default=f"localhost:{serving_config.GRPC_PORT}",
                          help="HOST:PORT of the server's gRPC API (its REST API with --rest)")
     predict.add_argument("--out", default="predictions", help="folder for the PNGs")
     predict.add_argument("--model-name", default=configs.MODEL_NAME)
     which = predict.add_mutually_exclusive_group()
     which.add_argument("--model-version", type=int, help="a version (default: the latest)")
     which.add_argument("--version-label", help="a version label, e.g. stable")
-    predict.add_argument("--signature", choices=payloads.PREDICTION_SIGNATURES,
-                         default=payloads.DEFAULT_SIGNATURE)
+    predict.add_argument("--signature", choices=serving_config.PREDICTION_SIGNATURES,
+                         default=serving_config.CLIENT_DEFAULT_SIGNATURE)
     predict.add_argument("--batch-size", type=int, default=8, help="slices per request")
-    predict.add_argument("--timeout", type=float, default=client.DEFAULT_TIMEOUT_S,
+    predict.add_argument("--timeout", type=float, default=serving_config.DEFAULT_TIMEOUT_S,
                          help="deadline of each call, seconds")
     predict.add_argument("--tls-ca", help="PEM CA bundle: connect over TLS")
     predict.add_argument("--rest", action="store_true",
                          help="use TF Serving's REST API "
-                              f"(--target HOST:{models_config.REST_PORT})")
+                              f"(--target HOST:{serving_config.REST_PORT})")
     predict.set_defaults(handler=predict_command)
 
     config = subparsers.add_parser(
@@ -104,7 +106,7 @@ def register(subparsers) -> None:
                         help="folder of <model name>/<version>/ (default: %(default)s)")
     config.add_argument("--model-name", action="append", dest="model_names", metavar="NAME",
                         help="models to list (default: those pushed)")
-    config.add_argument("--base-path-root", default=models_config.CONTAINER_MODELS_ROOT,
+    config.add_argument("--base-path-root", default=serving_config.CONTAINER_MODELS_ROOT,
                         help="the serving root as the server sees it: the container mount "
                              "(default %(default)s) or a bucket, gs://BUCKET/serving")
     config.add_argument("--out", help="write models.config here (default: stdout)")
@@ -178,7 +180,7 @@ def serve_command(args) -> int:
 
 def _request_logger(args):
     """The RequestLogger of ``--request-log-*``, or None without ``--request-log-dir``."""
-    from serving import request_log
+    from monitoring import request_log
 
     if not args.request_log_dir:
         return None

@@ -22,10 +22,11 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
+from serving import config as serving_config
 from serving import payloads
 from serving.versions import VersionStatus
 
-DEFAULT_TIMEOUT_S = 30.0
+from serving.config import DEFAULT_TIMEOUT_S  # noqa: E402
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_BACKOFF_S = 0.25
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -183,7 +184,7 @@ class ServingClient(ModelClient):
 
     def __init__(self, target: str, model_name: str, *, version: Optional[int] = None,
                  version_label: Optional[str] = None,
-                 signature: str = payloads.DEFAULT_SIGNATURE,
+                 signature: str = serving_config.CLIENT_DEFAULT_SIGNATURE,
                  timeout_s: float = DEFAULT_TIMEOUT_S,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  backoff_s: float = DEFAULT_BACKOFF_S,

@@ -19,7 +19,7 @@ CLI and the pipeline's servable check talk to either alike:
   No request can stop the server.
 - Model names, versions and labels from requests are looked up in tables, never joined into
   paths: the file system is read only under each model's configured base path.
-- Request logging, on request (``request_log``, :mod:`serving.request_log`): a sample of the
+- Request logging, on request (``request_log``, :mod:`monitoring.request_log`): a sample of the
   successful Predict calls is written as TF Serving ``PredictionLog`` TFRecords, bounded in size;
   logging never fails or holds up a request.
 """
@@ -28,157 +28,22 @@ import logging
 import signal
 import threading
 from concurrent import futures
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import grpc
-import numpy as np
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from serving import payloads
-from serving.versions import LoadedVersion, ModelManager, ServingStatusError
+from serving import payloads, rest_gateway
+from serving.config import DEFAULT_GRACE_S, DEFAULT_WORKERS
+from serving.inference import (check_decoded_size, check_inputs, find_signature, run_signature,
+                               status_of_exception)
+from serving.versions import ModelManager, ServingStatusError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE = "serving_default"  # TF Serving's default when a request names none
 SIGNATURE_DEF_FIELD = "signature_def"  # the one metadata field TF Serving knows
-DEFAULT_WORKERS = 8
-DEFAULT_GRACE_S = 5.0
-_TF_CODE_TO_GRPC = {code.value[0]: code for code in grpc.StatusCode}
-
-
-# --- checks and calls, independent of the transport -------------------------------------------
-
-
-def find_signature(loaded: LoadedVersion, signature_name: str):
-    """The SignatureDef a request names, or TF Serving's FAILED_PRECONDITION."""
-    name = signature_name or DEFAULT_SIGNATURE
-    if name not in loaded.functions:
-        raise ServingStatusError(grpc.StatusCode.FAILED_PRECONDITION,
-                                 f'Serving signature key "{name}" not found.')
-    return name, loaded.signature_defs[name]
-
-
-def _shape_text(dims: Sequence[int]) -> str:
-    return "[" + ", ".join("?" if d < 0 else str(d) for d in dims) + "]"
-
-
-def check_inputs(signature_name: str, signature_def,
-                 given: Mapping[str, Tuple[int, Optional[List[int]]]]) -> None:
-    """Checks input names, dtypes (``types_pb2`` enums) and shapes against the SignatureDef.
-
-    ``given`` maps each input alias to ``(dtype enum, dims)``; ``dims`` None skips the shape
-    (REST inputs, converted to the signature's dtype and checked after).
-    """
-    import tensorflow as tf
-
-    expected = signature_def.inputs
-    if set(given) != set(expected):
-        raise ServingStatusError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"signature {signature_name!r} takes input(s) {sorted(expected)}, the request has "
-            f"{sorted(given)}. Sent extra: {sorted(set(given) - set(expected))}. "
-            f"Missing but required: {sorted(set(expected) - set(given))}.")
-    for alias, (dtype, dims) in given.items():
-        info = expected[alias]
-        if dtype != info.dtype:
-            raise ServingStatusError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"input {alias!r} of signature {signature_name!r} must be "
-                f"{tf.dtypes.as_dtype(info.dtype).name}, got {_dtype_name(dtype)}")
-        if dims is None:
-            continue
-        if any(d <= 0 for d in dims):
-            raise ServingStatusError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"input {alias!r} of signature {signature_name!r} has shape {list(dims)}: "
-                + ("a negative dimension" if min(dims) < 0 else "nothing to predict (empty)"))
-        if info.tensor_shape.unknown_rank:
-            continue
-        wanted = [d.size for d in info.tensor_shape.dim]
-        if len(dims) != len(wanted) or any(w >= 0 and w != d for w, d in zip(wanted, dims)):
-            raise ServingStatusError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"input {alias!r} of signature {signature_name!r} has shape {_shape_text(dims)}, "
-                f"expected {_shape_text(wanted)}")
-
-
-def check_decoded_size(alias: str, proto, max_bytes: int) -> None:
-    """Refuses a TensorProto whose decoded value would exceed ``max_bytes``.
-
-    gRPC's message limit bounds what arrives, not what it decodes to: TensorFlow fills a whole
-    tensor from a single repeated value, so ``[3000, 256, 256]`` with one ``int64_val`` is a
-    50-byte request for 1.5 GB and minutes of inference.
-    """
-    import tensorflow as tf
-    if proto.tensor_shape.unknown_rank:
-        raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
-                                 f"input {alias!r}: a tensor's shape must be fully defined")
-    elements = 1
-    for dim in proto.tensor_shape.dim:
-        elements *= dim.size
-    try:
-        itemsize = tf.dtypes.as_dtype(proto.dtype).size
-    except TypeError:
-        itemsize = 1
-    if elements * max(itemsize, 1) > max_bytes:
-        raise ServingStatusError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"input {alias!r} of shape {_shape_text([d.size for d in proto.tensor_shape.dim])} "
-            f"would take {elements * max(itemsize, 1)} bytes once decoded, more than the "
-            f"server's limit of {max_bytes}")
-
-
-def _dtype_name(dtype_enum: int) -> str:
-    import tensorflow as tf
-    try:
-        return tf.dtypes.as_dtype(dtype_enum).name
-    except TypeError:
-        return f"dtype enum {dtype_enum}"
-
-
-def run_signature(loaded: LoadedVersion, signature_name: str, signature_def,
-                  inputs: Mapping[str, np.ndarray],
-                  output_filter: Sequence[str] = ()) -> Dict[str, np.ndarray]:
-    """Calls the signature on checked inputs; returns the outputs ``output_filter`` keeps."""
-    import tensorflow as tf
-
-    unknown = [alias for alias in output_filter if alias not in signature_def.outputs]
-    if unknown:
-        raise ServingStatusError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"output tensor alias not found in signature: {unknown[0]} Outputs expected to be in "
-            f"the set {sorted(signature_def.outputs)}.")
-    function = loaded.functions[signature_name]
-    outputs = function(**{alias: tf.constant(value) for alias, value in inputs.items()})
-    keep = list(output_filter) or list(outputs)
-    return {alias: outputs[alias].numpy() for alias in keep}
-
-
-def op_error_summary(message: str) -> str:
-    """The line of a TensorFlow error that says what was wrong.
-
-    Graph errors read "Graph execution error: / Detected at node ... / <stack> / <the cause> /
-    [[{{node ...}}]]"; the cause is the line before the node marker.
-    """
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    for index, line in enumerate(lines):
-        if line.startswith("[[") and index > 0:
-            return lines[index - 1]
-    return lines[-1] if lines else message
-
-
-def status_of_exception(exc: Exception) -> Tuple[grpc.StatusCode, str]:
-    """The gRPC status a failed request answers with; unexpected errors are logged."""
-    import tensorflow as tf
-    if isinstance(exc, ServingStatusError):
-        return exc.code, exc.message
-    if isinstance(exc, tf.errors.OpError):  # e.g. a serialized example that does not parse
-        return (_TF_CODE_TO_GRPC.get(exc.error_code, grpc.StatusCode.INTERNAL),
-                op_error_summary(exc.message or type(exc).__name__))
-    log.exception("request failed")
-    return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
 
 
 # --- gRPC servicers ----------------------------------------------------------------------------
@@ -272,7 +137,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                  request_log=None):
         self._models = models
         self._max_tensor_bytes = max_tensor_bytes
-        self._request_log = request_log  # a serving.request_log.RequestLogger, or None
+        self._request_log = request_log  # a monitoring.request_log.RequestLogger, or None
 
     @_answers_with_status
     def Predict(self, request, context):
@@ -361,7 +226,7 @@ class LocalModelServer:
 
     ``port=0`` picks a free port (see :attr:`port` after :meth:`start`). ``rest_port`` adds TF
     Serving's REST API (:mod:`serving.rest_gateway`; 0 picks a port, None: no REST).
-    ``request_log``: a :class:`serving.request_log.RequestLogger` that gRPC Predict calls are
+    ``request_log``: a :class:`monitoring.request_log.RequestLogger` that gRPC Predict calls are
     logged to; the server closes it when it stops.
     """
 
@@ -422,7 +287,6 @@ class LocalModelServer:
             f"{m.model_name} ({m.base_path}, versions: {m.policy.describe()})"
             for m in self.managers), self.host, self.port)
         if self.requested_rest_port is not None:
-            from serving import rest_gateway
             self._rest = rest_gateway.RestGateway(models, self.host, self.requested_rest_port,
                                                   self.max_message_bytes)
             self._rest.start()

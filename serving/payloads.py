@@ -9,25 +9,10 @@ from typing import Dict, Mapping, Tuple
 
 import numpy as np
 
-from trainer import records, signatures
-
-PREDICTION_SIGNATURES = (signatures.SERVING_RAW_IMAGE, signatures.SERVING_DEFAULT)
-DEFAULT_SIGNATURE = signatures.SERVING_RAW_IMAGE
-
-# Largest batch the default message limits are sized for. Per pixel, a request carries at most
-# 9 bytes (int64 pixels plus the uint8 label of a full lab-schema example) and a response 8
-# (float32 probability plus int32 mask); protobuf framing adds little on top.
-MAX_BATCH_IMAGES = 64
-_BYTES_PER_PIXEL = records.IMAGE_DTYPE.itemsize + records.LABEL_DTYPE.itemsize
-_FRAMING_BYTES = 1 << 20
-
-
-def message_bytes_for(batch_size: int) -> int:
-    """gRPC message size (bytes) that fits a request or a response of ``batch_size`` slices."""
-    return batch_size * records.NUM_PIXELS * _BYTES_PER_PIXEL + _FRAMING_BYTES
-
-
-DEFAULT_MAX_MESSAGE_BYTES = message_bytes_for(MAX_BATCH_IMAGES)
+from dataset import records
+from serving.config import (DEFAULT_MAX_MESSAGE_BYTES, MAX_BATCH_IMAGES,  # noqa: F401
+                            PREDICTION_SIGNATURES, message_bytes_for)
+from trainer import config as trainer_config  # the model's interface names
 
 
 def as_image_batch(images) -> Tuple[np.ndarray, bool]:
@@ -60,10 +45,10 @@ def encode_examples(batch: np.ndarray) -> np.ndarray:
 
 def signature_inputs(batch: np.ndarray, signature_name: str) -> Dict[str, np.ndarray]:
     """The ``inputs`` map of a PredictRequest for ``signature_name``."""
-    if signature_name == signatures.SERVING_RAW_IMAGE:
-        return {signatures.IMAGE_INPUT: batch}
-    if signature_name == signatures.SERVING_DEFAULT:
-        return {signatures.EXAMPLES_INPUT: encode_examples(batch)}
+    if signature_name == trainer_config.SERVING_RAW_IMAGE:
+        return {trainer_config.IMAGE_INPUT: batch}
+    if signature_name == trainer_config.SERVING_DEFAULT:
+        return {trainer_config.EXAMPLES_INPUT: encode_examples(batch)}
     raise ValueError(f"signature must be one of {PREDICTION_SIGNATURES}, got {signature_name!r}")
 
 
@@ -71,6 +56,6 @@ def masks_and_probabilities(outputs: Mapping[str, np.ndarray],
                             single: bool) -> Tuple[np.ndarray, np.ndarray]:
     """``(masks, probabilities)`` from a response's outputs, unbatched for a single image."""
     # The signatures' dtypes, also for JSON (REST) outputs, which carry none.
-    masks = np.asarray(outputs[signatures.MASK_OUTPUT], dtype=np.int32)
-    probabilities = np.asarray(outputs[signatures.PROBABILITIES_OUTPUT], dtype=np.float32)
+    masks = np.asarray(outputs[trainer_config.MASK_OUTPUT], dtype=np.int32)
+    probabilities = np.asarray(outputs[trainer_config.PROBABILITIES_OUTPUT], dtype=np.float32)
     return (masks[0], probabilities[0]) if single else (masks, probabilities)

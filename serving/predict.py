@@ -19,7 +19,7 @@ from typing import Callable, Iterable, List, Optional, TextIO, Tuple
 
 import numpy as np
 
-from trainer import records
+from dataset import records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NPY_MAGIC = b"\x93NUMPY"

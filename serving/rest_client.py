@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
-from serving import payloads
+from serving import config as serving_config
 from serving.client import (DEFAULT_BACKOFF_S, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S,
                             ModelClient, error_from_status)
 from serving.rest_gateway import PAYLOAD_TOO_LARGE, to_json_value
@@ -38,7 +38,7 @@ class RestServingClient(ModelClient):
 
     def __init__(self, target: str, model_name: str, *, version: Optional[int] = None,
                  version_label: Optional[str] = None,
-                 signature: str = payloads.DEFAULT_SIGNATURE,
+                 signature: str = serving_config.CLIENT_DEFAULT_SIGNATURE,
                  timeout_s: float = DEFAULT_TIMEOUT_S,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  backoff_s: float = DEFAULT_BACKOFF_S,

@@ -7,7 +7,7 @@
 
 JSON as TF Serving writes it (binary strings as ``{"b64": ...}``); statuses map to HTTP codes as
 TF Serving maps them, with ``{"error": message}`` bodies. Checks and calls are the gRPC
-servicer's (:mod:`serving.model_server`), so both answer alike.
+servicer's (:mod:`serving.inference`), so both answer alike.
 """
 import base64
 import http.server
@@ -20,6 +20,7 @@ from typing import Dict
 import grpc
 import numpy as np
 
+from serving import inference
 from serving.versions import ServingStatusError
 
 log = logging.getLogger(__name__)
@@ -109,11 +110,10 @@ class RestGateway:
     # --- requests ------------------------------------------------------------------------------
 
     def _handle(self, handler, method: str) -> None:
-        from serving import model_server
         try:
             status, body = 200, self._answer(handler, method)
         except Exception as exc:  # noqa: BLE001  (every failure becomes an HTTP status)
-            code, message = model_server.status_of_exception(exc)
+            code, message = inference.status_of_exception(exc)
             status = getattr(exc, "http_status", None) or HTTP_STATUS.get(code, 500)
             body = {"error": message}
         payload = json.dumps(body).encode("utf-8")
@@ -181,13 +181,12 @@ class RestGateway:
     @staticmethod
     def _predict(manager, version, label, request: dict) -> dict:
         import tensorflow as tf
-        from serving import model_server
 
         if not isinstance(request, dict) or ("inputs" in request) == ("instances" in request):
             raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
                                      "the request must have either 'inputs' or 'instances'")
         with manager.acquire(version, label) as loaded:
-            name, signature_def = model_server.find_signature(
+            name, signature_def = inference.find_signature(
                 loaded, request.get("signature_name", ""))
             columns = request.get("inputs", request.get("instances"))
             if not isinstance(columns, dict):
@@ -200,10 +199,10 @@ class RestGateway:
                 info = signature_def.inputs.get(alias)
                 dtype = tf.dtypes.as_dtype(info.dtype).as_numpy_dtype if info else np.float32
                 arrays[alias] = from_json_value(value, np.dtype(dtype), alias)
-            model_server.check_inputs(name, signature_def, {
+            inference.check_inputs(name, signature_def, {
                 alias: (signature_def.inputs[alias].dtype if alias in signature_def.inputs
                         else 0, list(array.shape)) for alias, array in arrays.items()})
-            outputs = model_server.run_signature(loaded, name, signature_def, arrays)
+            outputs = inference.run_signature(loaded, name, signature_def, arrays)
         if "inputs" in request:
             return {"outputs": {alias: to_json_value(value) for alias, value in outputs.items()}}
         rows = len(next(iter(outputs.values())))

@@ -10,8 +10,9 @@ from typing import List, Optional
 
 import numpy as np
 
-from trainer import synthetic_data
-from trainer import nets, records
+from dataset import synthetic_data
+from trainer import nets
+from dataset import records
 
 SAMPLE_SEED = 11
 LOGITS_LAYER = "logits"  # the last layer of both nets

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 SAVED_MODEL_FILE = "saved_model.pb"
 SERVE_TAG = "serve"
-DEFAULT_POLL_INTERVAL_S = 1.0
+from serving.config import DEFAULT_POLL_INTERVAL_S  # noqa: E402
 
 # The states TF Serving reports (get_model_status.proto's ModelVersionStatus.State).
 LOADING, AVAILABLE, UNLOADING, END = "LOADING", "AVAILABLE", "UNLOADING", "END"

@@ -6,7 +6,7 @@ import pytest
 
 from trainer import tf_env  # noqa: F401  (before TensorFlow)
 
-from trainer import synthetic_data  # noqa: E402
+from dataset import synthetic_data  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -4,7 +4,9 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from trainer import augment, model, records
+from trainer import augment
+from trainer import config as trainer_config
+from dataset import records
 
 N = records.IMAGE_SIZE
 
@@ -81,7 +83,7 @@ def test_displacement_by_whole_pixels_is_a_shift_with_zeros_beyond_the_edge():
 
 
 def test_gain_range_comes_from_the_training_config():
-    config = model.TrainingConfig.from_custom_config(
+    config = trainer_config.TrainingConfig.from_custom_config(
         {"max_gain_change": 0.3, "max_gamma_change": 0.0})
     gain_only = dataclasses.replace(config.augment_config(), flips=False, max_rotation_degrees=0,
                                     max_scale_change=0, max_shift_pixels=0)

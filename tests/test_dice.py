@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import dice, records
+from trainer import dice
+from dataset import records
 
 N = records.IMAGE_SIZE
 

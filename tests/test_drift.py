@@ -1,7 +1,7 @@
-"""``lvseg drift`` (pipeline/drift.py, pipeline/drift_cli.py) on generated slices.
+"""``lvseg drift`` (monitoring/drift.py, monitoring/cli.py) on generated slices.
 
 Training records and request logs are real files: lab-schema TFRecords written by
-trainer.records, PredictionLog files written by serving.request_log's logger. Served slices of
+dataset.records, PredictionLog files written by monitoring.request_log's logger. Served slices of
 other patients from the same generator must not drift; the same slices with a scanner-like gain
 (and offset) must, and the report must name intensity features. Broken inputs give one clear
 error.
@@ -17,9 +17,11 @@ import tensorflow as tf
 import tensorflow_data_validation as tfdv
 from tensorflow_serving.apis import predict_pb2
 
-from pipeline import configs, drift, drift_cli
-from serving import payloads, request_log
-from trainer import records, signatures, synthetic_data
+from pipeline import configs
+from monitoring import drift, cli as drift_cli
+from serving import payloads
+from monitoring import request_log
+from dataset import records, synthetic_data
 
 # Enough patients on both sides for the default threshold (see drift.DEFAULT_THRESHOLD): the
 # generator varies gain per patient, so fewer patients make the divergences noisy.

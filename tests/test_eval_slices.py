@@ -21,7 +21,8 @@ from tensorflow_model_analysis import constants as tfma_constants
 from tensorflow_model_analysis.metrics import metric_types
 
 from pipeline import configs, eval_config, local_runner, run_summary
-from trainer import area_metric, dice, preprocessing, records, seg_metrics, signatures, slices
+from trainer import area_metric, dice, preprocessing, seg_metrics, signatures, slices
+from dataset import records
 
 N = records.IMAGE_SIZE
 # as `lvseg run` passes them (no TFX package built in a temp folder)
@@ -64,7 +65,8 @@ def test_empty_masks_and_a_false_lv_on_an_empty_slice():
 
 def test_keras_metrics_average_per_image_over_batches_and_share_the_dice_base():
     a, b = _rect((0, 40), (0, 40)), _rect((0, 40), (20, 60))
-    scores = lambda mask: np.stack([1.0 - mask, mask.astype(float)], axis=-1)[np.newaxis]
+    def scores(mask):
+        return np.stack([1.0 - mask, mask.astype(float)], axis=-1)[np.newaxis]
     iou, accuracy = seg_metrics.IntersectionOverUnion(), seg_metrics.PixelAccuracy()
     for metric in (iou, accuracy):
         assert isinstance(metric, dice.PerImageMean)
@@ -171,13 +173,17 @@ def test_eval_config_slices_metrics_and_gates():
 
 
 def test_lvseg_run_options_of_the_slice_gate():
-    from pipeline import cli
-    parse = lambda *options: cli.build_parser().parse_args(["run", *options])
-    assert cli._max_slice_dice_drop(parse()) == configs.MAX_SLICE_DICE_DROP
-    assert cli._max_slice_dice_drop(parse("--max-slice-dice-drop", "0.1")) == 0.1
-    assert cli._max_slice_dice_drop(parse("--no-slice-gate")) is None
+    from lvseg import cli
+    from pipeline import options
+
+    def slice_drop(*flags):
+        args = cli.build_parser().parse_args(["run", *flags])
+        return options.settings_from_args(args).max_slice_dice_drop
+    assert slice_drop() == configs.MAX_SLICE_DICE_DROP
+    assert slice_drop("--max-slice-dice-drop", "0.1") == 0.1
+    assert slice_drop("--no-slice-gate") is None
     with pytest.raises(SystemExit):
-        parse("--no-slice-gate", "--max-slice-dice-drop", "0.1")
+        slice_drop("--no-slice-gate", "--max-slice-dice-drop", "0.1")
 
 
 # --- the slice gate, through TFX's Evaluator executor -------------------------------------------

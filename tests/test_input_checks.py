@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline import input_checks
-from trainer import records
+from dataset import records
 from tests.conftest import REPO_ROOT
 
 
@@ -81,7 +81,7 @@ def test_cli_run_reports_bad_data_in_one_line_without_a_trace(copy_tiny_data, tm
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) - 1000)
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", "--data-root", data_root,
+        [sys.executable, "-m", "lvseg", "run", "--data-root", data_root,
          "--output-root", str(tmp_path / "out")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr

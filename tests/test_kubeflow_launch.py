@@ -27,7 +27,7 @@ import yaml
 from kubeflow import cli, container_entrypoint, targets
 from pipeline import configs, run_summary
 from tests import kfp_launcher
-from trainer import records, synthetic_data
+from dataset import records, synthetic_data
 
 pytestmark = pytest.mark.e2e
 

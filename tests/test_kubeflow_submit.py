@@ -106,7 +106,7 @@ def package(tmp_path_factory):
 
 
 def _submit(*options):
-    from pipeline import cli as lvseg_cli
+    from lvseg import cli as lvseg_cli
     return lvseg_cli.main(["kubeflow", "submit", *options])
 
 
@@ -254,7 +254,7 @@ def test_an_unreachable_host_fails_in_one_line_naming_it(package, capsys):
 def test_a_bad_override_is_refused_before_any_request(pipelines_api, package, capsys, options,
                                                        message):
     host, api = pipelines_api
-    from pipeline import cli as lvseg_cli
+    from lvseg import cli as lvseg_cli
     assert _submit("--host", host, "--package", package, *options) == lvseg_cli.EXIT_BAD_INPUT
     assert message in capsys.readouterr().err
     assert api.requests == []

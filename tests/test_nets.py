@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import nets, records
+from trainer import nets
+from dataset import records
 
 
 @pytest.mark.parametrize("name", nets.MODEL_NAMES)

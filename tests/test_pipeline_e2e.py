@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import cli, configs, local_runner, run_summary
-from pipeline.report import model_card
-from trainer import dice, postprocess, records, signatures
+from lvseg import cli
+
+from pipeline import configs, local_runner, run_summary
+from pipeline.settings import PipelineSettings
+from report import model_card
+from trainer import dice, postprocess, signatures
+from dataset import records
 
 pytestmark = pytest.mark.e2e
 
@@ -22,9 +26,9 @@ pytestmark = pytest.mark.e2e
 TRAINED = dict(train_steps=40, training=dict(epochs=2, batch_size=8))
 
 
-def _run(data_root, output_root, **overrides):
-    run = local_runner.LocalRun(data_root=data_root, output_root=output_root,
-                                runner=overrides.pop("runner", local_runner.LOCAL), **overrides)
+def _run(data_root, output_root, runner=local_runner.LOCAL, **settings):
+    run = local_runner.LocalRun(data_root=data_root, output_root=output_root, runner=runner,
+                                settings=PipelineSettings(**settings))
     local_runner.run_pipeline(run)
     return run, run_summary.read_run_summary(run.metadata_path, run.pipeline_name)
 
@@ -202,14 +206,14 @@ def test_dicom_folders_train_gate_and_push(tmp_path, capsys):
     assert {s.patient_id for s in eval_slices} == set(ingest["splits"]["eval"]["patients"])
     assert all(s.pixel_spacing is not None for s in eval_slices)
     # DICOM runs augment with elastic deformation by default (the model card says what ran) ...
-    defaults = configs.DEFAULT_TRAINING
+    defaults, dicom = configs.DEFAULT_TRAINING, configs.dicom_run_defaults()
     with open(model_card.pushed_card_path(summary.pushed_path)) as f:
         card = f.read()
     assert (f"augmentation on (gain ±{defaults.max_gain_change:g}, "
             f"gamma ±{defaults.max_gamma_change:g}, "
-            f"elastic {configs.DICOM_ELASTIC_PIXELS:g} px)") in card
+            f"elastic {dicom['elastic_pixels']:g} px)") in card
     # ... and train an ensemble, each member with its own seed and training curves
-    size, seed = configs.DICOM_ENSEMBLE_SIZE, defaults.seed
+    size, seed = dicom["ensemble_size"], defaults.seed
     assert f"an ensemble of {size} (seeds {seed}-{seed + size - 1})" in card
     (model_run,) = glob.glob(os.path.join(run.pipeline_root, "Trainer", "model_run", "*"))
     assert sorted(name for name in os.listdir(model_run) if name.startswith("member_")) == [

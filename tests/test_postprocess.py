@@ -10,7 +10,8 @@ from scipy.spatial import ConvexHull
 from trainer import tf_env  # noqa: F401  (before TensorFlow)
 import tensorflow as tf  # noqa: E402
 
-from trainer import postprocess, records, tta  # noqa: E402
+from trainer import postprocess, tta  # noqa: E402
+from dataset import records
 
 SIZE = records.IMAGE_SIZE
 YY, XX = np.mgrid[0:SIZE, 0:SIZE]

@@ -14,7 +14,10 @@ from tfx.utils import io_utils
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from pipeline import configs
-from trainer import model, preprocessing, records, synthetic_data
+from trainer import config as trainer_config
+from trainer import inputs as trainer_inputs
+from trainer import preprocessing
+from dataset import records, synthetic_data
 
 
 def _curated_schema():
@@ -97,10 +100,11 @@ def test_generated_training_slices_go_through_the_saved_transform_graph(slices, 
         transform_fn = (data, metadata) | tft_beam.AnalyzeDataset(preprocessing.preprocessing_fn)
         _ = transform_fn | tft_beam.WriteTransformFn(output)
     # the raw schema, as TFX's Transform component writes it beside the graph
-    metadata_io.write_metadata(metadata, os.path.join(output, tft.TFTransformOutput.RAW_METADATA_DIR))
+    metadata_io.write_metadata(metadata,
+                               os.path.join(output, tft.TFTransformOutput.RAW_METADATA_DIR))
 
-    config = model.TrainingConfig(synthetic_mix=0.5, synthetic_patients=1, seed=3)
-    pairs = list(model.synthetic_examples(config, tft.TFTransformOutput(output)))
+    config = trainer_config.TrainingConfig(synthetic_mix=0.5, synthetic_patients=1, seed=3)
+    pairs = list(trainer_inputs.synthetic_examples(config, tft.TFTransformOutput(output)))
     expected = synthetic_data.generate_slices(1, seed=3)
     assert len(pairs) == len(expected) == 13
     for (image, label), item in zip(pairs, expected):
@@ -126,14 +130,14 @@ def test_generated_training_slices_go_through_the_saved_transform_graph(slices, 
 ])
 def test_training_config_rejects_bad_options(options, message):
     with pytest.raises(ValueError, match=message):
-        model.TrainingConfig.from_custom_config(options)
+        trainer_config.TrainingConfig.from_custom_config(options)
 
 
 def test_ensemble_members_differ_only_in_consecutive_seeds():
-    config = model.TrainingConfig(seed=42, ensemble_size=3)
-    members = model.member_configs(config)
+    config = trainer_config.TrainingConfig(seed=42, ensemble_size=3)
+    members = trainer_config.member_configs(config)
     assert [member.seed for member in members] == [42, 43, 44]
     assert members[0] == config
     assert all(dataclasses.replace(member, seed=42) == config for member in members)
-    unseeded = model.TrainingConfig(seed=None, ensemble_size=2)
-    assert [member.seed for member in model.member_configs(unseeded)] == [None, None]
+    unseeded = trainer_config.TrainingConfig(seed=None, ensemble_size=2)
+    assert [member.seed for member in trainer_config.member_configs(unseeded)] == [None, None]

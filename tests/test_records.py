@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import preprocessing, records
+from trainer import preprocessing
+from dataset import records
 
 
 def _slice(seed=0):

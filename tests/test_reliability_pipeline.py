@@ -20,8 +20,10 @@ import tensorflow as tf
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline import cli, configs, local_runner, run_summary
-from trainer import records
+from lvseg import cli
+
+from pipeline import configs, local_runner, run_summary
+from dataset import records
 from tests.conftest import REPO_ROOT
 
 Execution = metadata_store_pb2.Execution
@@ -296,7 +298,7 @@ def _start_and_kill_at(args, pattern, timeout_s=1200):
 def test_a_run_killed_during_training_resumes_from_the_cache(tiny_data_root, tmp_path):
     output_root = str(tmp_path / "out")
     run = local_runner.LocalRun(output_root=output_root)
-    args = [sys.executable, "-m", "pipeline.cli", "run", "--data-root", tiny_data_root,
+    args = [sys.executable, "-m", "lvseg", "run", "--data-root", tiny_data_root,
             "--output-root", output_root, *TRAINED_ARGS]
 
     _start_and_kill_at(args, TRAINING_STARTED)

@@ -20,7 +20,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from components import atomic_pusher
 from pipeline import configs
 from serving import client, payloads
-from trainer import records, signatures
+from trainer import signatures
+from dataset import records
 from tests.conftest import REPO_ROOT
 
 MODEL = configs.MODEL_NAME

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import cli, local_runner
-from pipeline.report import curves, gate, model_card, per_image, plots, report, run_facts
+from lvseg import cli
+
+from pipeline import local_runner
+from report import curves, gate, model_card, per_image, plots, report, run_facts
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""Request logging of the local server (serving/request_log.py): real gRPC Predicts on 127.0.0.1,
+"""Request logging of the local server (monitoring/request_log.py): real gRPC Predicts on 127.0.0.1,
 real PredictionLog files read back.
 
 Sampling (0 logs nothing, 1 everything, a seed repeats the draws), the size cap (the files stay
@@ -19,9 +19,13 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
 from components import atomic_pusher
-from pipeline import configs, drift
-from serving import cli, client, model_server, payloads, request_log, versions
-from trainer import records, signatures
+from pipeline import configs
+from monitoring import drift
+from serving import cli, client, model_server, payloads, versions
+from serving import config as serving_config
+from monitoring import request_log
+from trainer import signatures
+from dataset import records
 
 MB = 1 << 20
 
@@ -45,7 +49,7 @@ def serving(base_path, logger):
         server.stop(grace_s=1.0)
 
 
-def _client(target, signature=payloads.DEFAULT_SIGNATURE):
+def _client(target, signature=serving_config.CLIENT_DEFAULT_SIGNATURE):
     return client.ServingClient(target, configs.MODEL_NAME, signature=signature, max_attempts=1)
 
 
@@ -315,7 +319,7 @@ def test_serve_options_build_the_logger(tmp_path):
 
 def drift_images(count):
     """``count`` generated slices [count, 256, 256] int64."""
-    from trainer import synthetic_data
+    from dataset import synthetic_data
     slices = synthetic_data.generate_slices(num_patients=1, slices_per_patient=count, seed=5)
     return np.stack([s.image for s in slices]).astype(np.int64)
 

@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from components import atomic_pusher
 from pipeline import configs
 from serving import cli, client, models_config, predict
-from trainer import records
+from dataset import records
 
 SPACING_MM = (1.25, 1.5)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

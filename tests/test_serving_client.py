@@ -14,7 +14,8 @@ import tensorflow as tf
 from components import atomic_pusher
 from pipeline import configs
 from serving import client, payloads
-from trainer import records, signatures
+from trainer import signatures
+from dataset import records
 
 # The local server's message limit in this module: a batch of 4 fits, a batch of 8 does not.
 FITTING_BATCH = 4

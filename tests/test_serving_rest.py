@@ -8,7 +8,8 @@ import pytest
 from components import atomic_pusher
 from pipeline import configs
 from serving import client, model_server, payloads, rest_client, versions
-from trainer import records, signatures
+from trainer import signatures
+from dataset import records
 
 FITTING_BATCH = 2
 

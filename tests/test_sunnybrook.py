@@ -8,9 +8,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from scipy import ndimage
 
-from components import sunnybrook
-from pipeline import cli
-from trainer import postprocess, records
+from dataset import sunnybrook
+from lvseg import cli
+from trainer import postprocess
+from dataset import records
 
 REAL_SUBSET = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "shared", "data", "sunnybrook-subset")

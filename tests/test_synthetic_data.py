@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from trainer import synthetic_data
-from trainer import records
+from dataset import synthetic_data
+from dataset import records
 
 SMALL = dict(num_patients=3, slices_per_patient=4, eval_fraction=0.34, progress=False)
 

@@ -27,7 +27,8 @@ from tensorflow_model_analysis import constants
 from tensorflow_model_analysis.metrics import metric_types, metric_util
 from tensorflow_model_analysis.proto import config_pb2
 
-from trainer import dice, records, signatures
+from trainer import dice, signatures
+from dataset import records
 
 METRIC_NAME = "lv_area_error"
 MM2_SUFFIX = "_mm2"

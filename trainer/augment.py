@@ -8,31 +8,12 @@
 Each draw is random per example; under ``tf.keras.utils.set_random_seed`` the sequence is
 repeatable. Sizes are in pixels of the 256x256 grid.
 """
-import dataclasses
 import math
 
 import tensorflow as tf
 
-from trainer import records
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    flips: bool = True
-    max_rotation_degrees: float = 15.0
-    max_scale_change: float = 0.1  # scale drawn from [1 - x, 1 + x]
-    max_shift_pixels: float = 12.0
-    # Intensity jitter. After per-image normalisation a real slice's blood pool still varies:
-    # over the 56 Sunnybrook subset slices its mean runs from 0.26 to 0.69 of the 99th percentile.
-    # SCD0000101's mid slices (0.61-0.69, and the most uneven inside the mask) sit at the top of
-    # that range, above nearly every slice of the other two patients; with gain 0.15 / gamma 0.25,
-    # a model trained on those two missed 8 of them with seed 1 (Dice 0.52). With these ranges:
-    # 0.82, and that patient's spread over three seeds 0.52-0.87 -> 0.81-0.87 (README, "Training
-    # on real patients").
-    max_gain_change: float = 0.3  # intensity multiplied by [1 - x, 1 + x]
-    max_gamma_change: float = 0.4  # gamma drawn from [1 - x, 1 + x]
-    # Standard deviation in pixels of the elastic displacement at its control points; 0 = off.
-    elastic_pixels: float = 0.0
+from dataset import records
+from trainer.config import AugmentConfig  # noqa: F401  (the settings; defined TF-free)
 
 
 # Control points per side of the elastic displacement field (~50 px apart: the LV bends, it is

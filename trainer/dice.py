@@ -24,7 +24,7 @@ dtype, is its own mask), so the Keras model's logits in training, probabilities 
 """
 import tensorflow as tf
 
-from trainer import records
+from dataset import records
 
 SMOOTH = 1.0
 LV_PROBABILITY_THRESHOLD = 0.5

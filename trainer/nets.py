@@ -8,11 +8,13 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from trainer import records
+from dataset import records
+from trainer import tf_env
+from trainer.config import (BATCH_NORM, GROUP_NORM, LAB_FCN, MODEL_NAMES,  # noqa: F401
+                            NORM_LAYERS, UNET)
 
-LAB_FCN = "lab_fcn"
-UNET = "unet"
-MODEL_NAMES = (UNET, LAB_FCN)
+tf_env.skip_autograph_for_tf_keras()  # before any Keras model is traced
+
 
 _INPUT_SHAPE = (records.IMAGE_SIZE, records.IMAGE_SIZE, 1)
 _FULL_RES_FILTERS = 8
@@ -41,9 +43,6 @@ def build_lab_fcn(name: str = LAB_FCN) -> tf.keras.Model:
 _BN_MOMENTUM = 0.9
 
 
-BATCH_NORM = "batch"
-GROUP_NORM = "group"  # no running statistics: the same in training and inference
-NORM_LAYERS = (BATCH_NORM, GROUP_NORM)
 _GROUPS = 8
 
 
@@ -71,8 +70,9 @@ def build_unet(base_filters: int = 16, depth: int = 3, norm: str = BATCH_NORM,
     A strided 3x3 stem halves the resolution first and the U-Net (``depth`` pooling steps,
     filters doubling from ``base_filters``) runs at 128x128; a 2x2 stride-2 transpose convolution
     returns to 256x256, where the image is concatenated back for one 3x3 refinement before the
-    1x1 class layer. ``norm`` is batch norm (default) or group norm. Full-resolution convolutions with few channels are what CPUs run worst:
-    a plain full-resolution U-Net trained at 3-4 images/s on 2 cores, this one at ~10.
+    1x1 class layer. ``norm`` is batch norm (default) or group norm. Full-resolution
+    convolutions with few channels are what CPUs run worst: a plain full-resolution U-Net trained
+    at 3-4 images/s on 2 cores, this one at ~10.
     """
     layers = tf.keras.layers
     inputs = tf.keras.Input(shape=_INPUT_SHAPE, name="image")

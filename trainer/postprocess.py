@@ -19,14 +19,15 @@ average. So the mask is:
 
 Everything is TensorFlow ops (connected regions by an iterated 3x3 maximum of pixel ids, the hull
 by support lines), so the serving signatures, the Evaluator and TF Serving run the very same code;
-:mod:`trainer.signatures` applies it. Measured on real Sunnybrook patients: README, "Training on
-real patients".
+:mod:`trainer.signatures` applies it. Measured on real Sunnybrook patients:
+docs/experiments/2026-11-29-served-mask-and-generator.md and 2026-11-29-leave-one-patient-out.md.
 """
 import math
 
 import tensorflow as tf
 
-from trainer import dice, records
+from trainer import dice
+from dataset import records
 
 # Directions of the support lines that bound the hull (a multiple of 4, so rows and columns are
 # among them and the hull never leaves the region's bounding box).

@@ -17,16 +17,15 @@ from typing import Optional
 
 import tensorflow as tf
 
-from trainer import records
+from dataset import records
+from trainer.config import (DEFAULT_NORMALIZATION, LAB_NORMALIZATION, LAB_SCALE,  # noqa: F401
+                            NORMALIZATIONS, PERCENTILE, PERCENTILE_NORMALIZATION,
+                            percentile_rank_from_top)
 
 # Names of the transformed features: what the model is trained and served on.
 IMAGE_FEATURE = "image"  # float32 [256, 256, 1], normalised intensities
 LABEL_FEATURE = "label"  # int64 [256, 256], 0 = not LV, 1 = LV
 
-NORMALIZATIONS = ("percentile", "lab")
-DEFAULT_NORMALIZATION = "percentile"
-LAB_SCALE = 1.0 / 1024.0
-PERCENTILE = 99.0
 
 
 def decode_image(image_raw: tf.Tensor) -> tf.Tensor:
@@ -52,7 +51,7 @@ def encode_image_raw(pixels: tf.Tensor) -> tf.Tensor:
     The exact inverse of :func:`decode_image`, inside the graph, so the raw-image serving signature
     can feed the very transform graph the Transform component saved. ``serialize_tensor`` writes a
     TensorProto whose last field is the tensor's raw little-endian content; its tail is the bytes
-    the lab's records hold (a test checks this against :mod:`trainer.records`).
+    the lab's records hold (a test checks this against :mod:`dataset.records`).
     """
     pixels = tf.cast(tf.round(tf.cast(pixels, tf.float64)), tf.int64) \
         if not pixels.dtype.is_integer else tf.cast(pixels, tf.int64)
@@ -65,16 +64,11 @@ def encode_image_raw(pixels: tf.Tensor) -> tf.Tensor:
     return tf.map_fn(one_image, pixels, fn_output_signature=tf.TensorSpec([], tf.string))
 
 
-def percentile_rank_from_top(num_pixels: int = records.NUM_PIXELS) -> int:
-    """The ``PERCENTILE`` intensity of an image is its k-th largest pixel value, this k."""
-    return int(round(num_pixels * (100.0 - PERCENTILE) / 100.0)) + 1
-
-
 def normalize_image(pixels: tf.Tensor, normalization: str = DEFAULT_NORMALIZATION) -> tf.Tensor:
     """Scales float pixels ``[N, H, W, 1]``; see the module docstring for the methods."""
-    if normalization == "lab":
+    if normalization == LAB_NORMALIZATION:
         return pixels * LAB_SCALE
-    if normalization == "percentile":
+    if normalization == PERCENTILE_NORMALIZATION:
         flat = tf.reshape(pixels, [tf.shape(pixels)[0], -1])
         high = tf.math.top_k(flat, k=percentile_rank_from_top(), sorted=True).values[:, -1]
         high = tf.maximum(high, 1.0)  # an all-dark image stays dark instead of dividing by 0

@@ -40,20 +40,16 @@ nothing but ``image_raw``):
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from trainer import dice, postprocess, preprocessing, records, slices, tta
+from dataset import records
+from trainer import dice, postprocess, preprocessing, slices, tta
+from trainer.config import (EXAMPLES_INPUT, IMAGE_INPUT, MASK_OUTPUT,  # noqa: F401
+                            PROBABILITIES_OUTPUT, SERVING_DEFAULT, SERVING_RAW_IMAGE,
+                            TRANSFORM_FEATURES)
 
 PIXEL_AREA_FEATURE = "pixel_area_mm2"
 # Absent in most records: parsed with a default of 0 mm, which pixel_area_mm2 reads as unknown.
 PIXEL_SPACING_SPEC = tf.io.FixedLenFeature([2], tf.float32, default_value=[0.0, 0.0])
 
-SERVING_DEFAULT = "serving_default"
-SERVING_RAW_IMAGE = "serving_raw_image"
-TRANSFORM_FEATURES = "transform_features"
-
-EXAMPLES_INPUT = "examples"
-IMAGE_INPUT = "image"
-PROBABILITIES_OUTPUT = "probabilities"
-MASK_OUTPUT = "mask"
 
 
 def _predict(model: tf.keras.Model, raw_features: dict, test_time_flips: bool) -> dict:

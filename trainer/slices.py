@@ -17,14 +17,14 @@ The bounds fall near the quartiles of both the generated default data (260 slice
 554 px, 75% below 1681 px) and the real Sunnybrook subset (56 slices: 807 / 1647 px).
 
 ``patient`` slices use the records' optional ``patient_id`` feature
-(:data:`trainer.records.PATIENT_ID_KEY`), read by TFMA from the raw examples.
+(:data:`dataset.records.PATIENT_ID_KEY`), read by TFMA from the raw examples.
 
 The bucket is computed in the graph (the model's ``transform_features`` signature outputs it, so
 TFMA can slice on it) and by the report, from the same function.
 """
 import tensorflow as tf
 
-from trainer import records
+from dataset import records
 
 LV_SIZE_FEATURE = "lv_size"
 PATIENT_FEATURE = records.PATIENT_ID_KEY

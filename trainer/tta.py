@@ -4,7 +4,7 @@ The network is trained on left-right and up-down flipped slices (:mod:`trainer.a
 each flip is an equally valid view; averaging the four predictions (each flipped back) smooths
 out what one view gets wrong. It costs four forward passes per image, so it is a training option
 (``TrainingConfig.test_time_flips``) that the export bakes into the serving signatures; measured
-in the README ("Training on real patients").
+in docs/experiments/2026-11-29-served-mask-and-generator.md.
 """
 import tensorflow as tf
 

@@ -39,8 +39,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from trainer import patient_split
-from trainer import records
+from dataset import patient_split
+from dataset import records
 
 GENERATOR_VERSION = "synthetic-sax-1"
 TRAIN_SPLIT = "train"
@@ -378,7 +378,7 @@ def generate_patient(patient_id: int, num_slices: int,
 def split_patients(num_patients: int, eval_fraction: float,
                    seed: int) -> Tuple[List[int], List[int]]:
     """Splits patient ids 0..num_patients-1 into (train, eval), by patient so no anatomy leaks
-    (see :func:`trainer.patient_split.split_patients`)."""
+    (see :func:`dataset.patient_split.split_patients`)."""
     return patient_split.split_patients(list(range(num_patients)), eval_fraction, seed)
 
 

@@ -14,7 +14,7 @@
 - lineage: every stage's state, time and input/output artifact URIs, from ML Metadata.
 
 The page is written to a temporary folder and swapped in whole, so a reader never sees a half
-report. The model card (:mod:`pipeline.report.model_card`) is written beside it and beside the
+report. The model card (:mod:`report.model_card`) is written beside it and beside the
 pushed model version.
 """
 import dataclasses
@@ -25,12 +25,12 @@ import os
 import shutil
 from typing import Dict, List, Optional
 
-from pipeline.report import curves as curves_lib
-from pipeline.report import gate as gate_lib
-from pipeline.report import model_card as model_card_lib
-from pipeline.report import per_image as per_image_lib
-from pipeline.report import plots
-from pipeline.report.run_facts import RunFacts, read_run_facts
+from report import curves as curves_lib
+from report import gate as gate_lib
+from report import model_card as model_card_lib
+from report import per_image as per_image_lib
+from report import plots
+from report.run_facts import RunFacts, read_run_facts
 
 REPORT_DIR = "report"
 INDEX = "index.html"
@@ -102,7 +102,8 @@ th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: ta
 .gallery { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; } figcaption { font-size: 0.85em; color: #444; max-width: 320px; }
 img { max-width: 100%; } figure img { width: 320px; image-rendering: pixelated; }
-.legend-expert { color: #28b428; font-weight: bold; } .legend-pred { color: #e02828; font-weight: bold; }
+.legend-expert { color: #28b428; font-weight: bold; }
+.legend-pred { color: #e02828; font-weight: bold; }
 """
 
 # Counts the images the browser could decode and says so at the bottom of the page (the
@@ -230,7 +231,8 @@ def _drift_section(drift: Optional[dict], drift_path: str) -> str:
     features = drift.get("features", {})
     rows = []
     for name, info in sorted(features.items()):
-        rows.append([_e(name), _fmt(_get(info, "train", "mean")), _fmt(_get(info, "served", "mean")),
+        rows.append([_e(name), _fmt(_get(info, "train", "mean")),
+                     _fmt(_get(info, "served", "mean")),
                      _fmt(info.get("divergence", info.get("jensen_shannon_divergence"))),
                      _fmt(info.get("threshold")), "drift" if info.get("anomaly") else "ok"])
     verdict = ('<span class="verdict fail">DRIFT</span>' if drift.get("drifted")

@@ -27,7 +27,7 @@ both claim a pixel.
 
 Images that are not 256x256 are centre-cropped or zero-padded to 256x256 (the same window for
 image and mask; pixel spacing is unchanged). The pixel spacing, patient and slice location are
-kept in each record (``trainer.records`` optional features).
+kept in each record (``dataset.records`` optional features).
 
 Bad input is skipped, never fatal, and counted by reason (``SKIP_REASONS``).
 """
@@ -42,7 +42,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from trainer import records
+from dataset import records
 
 DEFAULT_EVAL_FRACTION = 0.25  # share of patients in the eval split (at least one patient)
 DEFAULT_SEED = 42
@@ -301,7 +301,7 @@ def split_and_write(slices: List[records.Slice], split_folder: Callable[[str], s
     """Writes one TFRecord file per split into ``split_folder(split)``, split by patient;
     returns per-split patients, slice counts and files. Local paths or bucket URIs."""
     import tensorflow as tf
-    from trainer import patient_split
+    from dataset import patient_split
     train_ids, eval_ids = patient_split.split_patients(
         [item.patient_id for item in slices], eval_fraction, seed)
     splits = {}

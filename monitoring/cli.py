@@ -4,7 +4,7 @@
                 [--out DIR] [--threshold 0.3]
 
 Reads the request log written by ``lvseg serve --request-log-dir DIR``, compares per-image
-intensity statistics with the training data's using TFDV (:mod:`pipeline.drift`) and writes
+intensity statistics with the training data's using TFDV (:mod:`monitoring.drift`) and writes
 ``drift.json`` and the statistics under ``<output-root>/monitoring/`` (or ``--out``).
 
 Exit code, like ``diff``: 0 no drift, 1 drift; unusable inputs raise ValueError or
@@ -18,7 +18,8 @@ EXIT_DRIFTED = 1
 
 def register(subparsers) -> None:
     """Adds ``drift`` to ``subparsers``."""
-    from pipeline import configs, drift
+    from pipeline import configs
+    from monitoring import drift
 
     parser = subparsers.add_parser(
         "drift", help="compare the intensity statistics of logged requests with the training "
@@ -41,7 +42,7 @@ def register(subparsers) -> None:
 
 
 def drift_command(args, out=None) -> int:
-    from pipeline import drift
+    from monitoring import drift
 
     out = out or sys.stdout
     report = drift.run_drift(args.request_log_dir, output_root=args.output_root,

@@ -7,8 +7,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline.report.curves import Curves
-from pipeline.report.per_image import ImageScore, Picture
+from report.curves import Curves
+from report.per_image import ImageScore, Picture
 
 EXPERT_RGB = (40, 220, 40)
 PREDICTED_RGB = (255, 40, 40)

@@ -8,7 +8,7 @@ that answered and the signature, the ``sampling_config``, ``saved_model_tags`` a
 ``timestamp_secs``) and ``predict_log`` (the ``PredictRequest`` as received and the
 ``PredictResponse``). :class:`RequestLogger` writes the same records, as TFRecord files, so the
 logs of this server read like a collector's output (and like TFX's own ``PredictionLog`` files):
-``pipeline/drift.py`` reads them back.
+``monitoring/drift.py`` reads them back.
 
 Choices (and why):
 
@@ -90,7 +90,8 @@ class RequestLogError(ValueError):
 def _checked_rate(sampling_rate: float) -> float:
     rate = float(sampling_rate)
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"the request log sampling rate must be within [0, 1], got {sampling_rate}")
+        raise ValueError(
+            f"the request log sampling rate must be within [0, 1], got {sampling_rate}")
     return rate
 
 

@@ -6,7 +6,7 @@ the pusher copied (the pusher compares them to skip pushing an identical model t
 """
 from typing import Dict, List
 
-from pipeline.report.run_facts import RunFacts
+from report.run_facts import RunFacts
 
 INTENDED_USE = (
     "Research and engineering of LV segmentation pipelines on short-axis cardiac MRI. "

@@ -17,7 +17,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from trainer import records
+from dataset import records
 
 BATCH_SIZE = 8
 DEFAULT_MAX_IMAGES = 2000

@@ -5,7 +5,7 @@ from pipeline import configs
 
 
 def register(subparsers) -> None:
-    from pipeline.report import per_image
+    from report import per_image
     report = subparsers.add_parser(
         "report", help="write the HTML run report and the model card of the latest run")
     report.add_argument("--pipeline-root",
@@ -21,7 +21,7 @@ def register(subparsers) -> None:
 
 
 def write_and_print(pipeline_root: str, **kwargs) -> int:
-    from pipeline.report import report
+    from report import report
     result = report.write_report(pipeline_root, **kwargs)
     print(f"  report         {result.index_path}")
     print(f"  model card     {result.pushed_model_card_path or result.model_card_path}")

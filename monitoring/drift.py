@@ -39,7 +39,7 @@ training patients vs 12 served ones, 6 draws): up to 0.95 on ``zero_fraction`` a
 ``p50_intensity``, against at most 0.30 on the compared four (0.22 with 20 served patients).
 
 Served images come from the request log of ``lvseg serve --request-log-dir`` (TF Serving
-``PredictionLog`` TFRecords, :mod:`serving.request_log`): the ``image`` input (int64
+``PredictionLog`` TFRecords, :mod:`monitoring.request_log`): the ``image`` input (int64
 ``[N, 256, 256]``) of ``serving_raw_image`` or the ``image_raw`` of the serialized examples of
 ``serving_default``. Training images are the train split of the newest ExampleGen output found in
 ML Metadata under the output root, or ``--train-examples``.
@@ -88,7 +88,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from trainer import preprocessing, records
+from dataset import records
+from trainer.config import percentile_rank_from_top
 
 FEATURES: Dict[str, str] = {
     "mean_intensity": "mean pixel value (brightness; gain and offset)",
@@ -131,7 +132,7 @@ def image_features(image: np.ndarray) -> Dict[str, float]:
     pixels = np.sort(np.asarray(image, dtype=np.float64).ravel())
     count = pixels.size
     # The intensity the default normalisation divides by (trainer.preprocessing's rule).
-    rank_from_top = preprocessing.percentile_rank_from_top(count)
+    rank_from_top = percentile_rank_from_top(count)
     return {
         "mean_intensity": float(pixels.mean()),
         "std_intensity": float(pixels.std()),
@@ -188,7 +189,7 @@ def served_feature_rows(request_log_dir: str, progress: bool = False
     Raises FileNotFoundError when there are no log files, ValueError (naming the file) for a
     corrupt one, and ValueError when the files hold no image.
     """
-    from serving import request_log
+    from monitoring import request_log
 
     files, partial = request_log.list_log_files(request_log_dir)
     if not files:

@@ -1,1 +1,0 @@
-"""The run report (``lvseg report``) and the model card; see :mod:`pipeline.report.report`."""
