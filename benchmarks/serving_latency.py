@@ -114,10 +114,11 @@ def measure_net(base_path: str, source: str, args) -> dict:
 
     from pipeline import configs
     from serving import client, payloads, sample_model, versions
+    from serving.config import DEFAULT_MAX_MESSAGE_BYTES
     from trainer import signatures
 
-    version = versions.servable_versions(base_path)[-1]
-    function = tf.saved_model.load(os.path.join(base_path, str(version))).signatures[
+    folders = versions.version_folders(base_path)
+    function = tf.saved_model.load(os.path.join(base_path, folders[max(folders)])).signatures[
         args.signature]
     images = sample_model.sample_batch(max(args.grid_batches + [8]))
 
@@ -133,7 +134,9 @@ def measure_net(base_path: str, source: str, args) -> dict:
     server, target = start_server(base_path)
     try:
         server_process = psutil.Process(server.pid)
-        grpc_clients = [client.ServingClient(target, configs.MODEL_NAME, signature=args.signature)
+        # one Predict per batch of the grid (up to 64 images), so the client's limit is raised
+        grpc_clients = [client.ServingClient(target, configs.MODEL_NAME, signature=args.signature,
+                                             max_message_bytes=DEFAULT_MAX_MESSAGE_BYTES)
                         for _ in range(max(args.grid_clients))]
         served_version = grpc_clients[0].wait_until_available()
 

@@ -26,6 +26,8 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
+from serving import versions as versions_lib
+
 SAVED_MODEL_FILE = "saved_model.pb"
 INCOMPLETE_MARK = ".incomplete-"
 # Custom property of the PushedModel artifact: 1 when the model was already the newest version.
@@ -37,11 +39,9 @@ def is_local_path(path: str) -> bool:
 
 
 def existing_versions(base_directory: str) -> List[int]:
-    """Integer-named version folders, as TF Serving's file system source sees them."""
-    if not fileio.isdir(base_directory):
-        return []
-    return sorted(int(name.rstrip("/")) for name in fileio.listdir(base_directory)
-                  if name.rstrip("/").isdigit())
+    """The version folders, complete or not, as TF Serving's file system source reads their
+    names (``serving.versions.parse_version``: ``0005`` is version 5)."""
+    return sorted(versions_lib.version_folders(base_directory, complete=False))
 
 
 def next_version(base_directory: str) -> int:
@@ -73,11 +73,12 @@ def latest_version_if_identical(model_path: str, base_directory: str) -> Optiona
     A pipeline re-run whose Trainer came from the cache re-blesses the same model against
     itself; publishing it again would make servers reload an identical version.
     """
-    versions = existing_versions(base_directory)
-    if not versions:
+    folders = versions_lib.version_folders(base_directory, complete=False)
+    if not folders:
         return None
-    version_dir = os.path.join(base_directory, str(versions[-1]))
-    return (versions[-1], version_dir) if _same_files(model_path, version_dir) else None
+    newest = max(folders)
+    version_dir = os.path.join(base_directory, folders[newest])
+    return (newest, version_dir) if _same_files(model_path, version_dir) else None
 
 
 def _copy_saved_model(source: str, destination: str) -> None:

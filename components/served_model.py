@@ -36,11 +36,11 @@ NOTHING_SERVED = 0
 
 def newest_served_version(serving_model_dir: str) -> Optional[Tuple[int, str]]:
     """(version, folder) of the newest complete version under TF Serving's model base path."""
-    available = versions.servable_versions(serving_model_dir)
-    if not available:
+    folders = versions.version_folders(serving_model_dir)
+    if not folders:
         return None
-    newest = available[-1]
-    return newest, posixpath.join(serving_model_dir.rstrip("/"), str(newest))
+    newest = max(folders)
+    return newest, posixpath.join(serving_model_dir.rstrip("/"), folders[newest])
 
 
 def holds_a_model(model) -> bool:

@@ -42,7 +42,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from dataset import records
+from dataset import dicom, records
 
 DEFAULT_EVAL_FRACTION = 0.25  # share of patients in the eval split (at least one patient)
 DEFAULT_SEED = 42
@@ -203,50 +203,14 @@ def contour_to_mask(points: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
     return inside.astype(records.LABEL_DTYPE)
 
 
-def center_crop_or_pad(array: np.ndarray, size: int = records.IMAGE_SIZE) -> np.ndarray:
-    """The central ``size x size`` window, zero-padded where the array is smaller."""
-    out = np.zeros((size, size), dtype=array.dtype)
-    src, dst = [], []
-    for n in array.shape:
-        if n >= size:
-            start = (n - size) // 2
-            src.append(slice(start, start + size))
-            dst.append(slice(0, size))
-        else:
-            start = (size - n) // 2
-            src.append(slice(0, n))
-            dst.append(slice(start, start + n))
-    out[tuple(dst)] = array[tuple(src)]
-    return out
-
-
-def _read_pixels(path: str, report: IngestReport):
-    """(pixels int64, dataset) of a usable single-frame MR DICOM, else None (reason counted)."""
-    import pydicom
-    from pydicom.pixels import apply_modality_lut
+def _read_pixels(path: str, report: IngestReport) -> Optional[dicom.DicomSlice]:
+    """The slice of a usable single-frame MR DICOM (``dataset.dicom``, as predictions read it),
+    else None (reason counted)."""
     try:
-        dataset = pydicom.dcmread(path)
-    except Exception:
-        report.skip("unreadable_dicom", path)
+        return dicom.read_dicom_slice(path)
+    except dicom.DicomReadError as exc:
+        report.skip(exc.reason, path)
         return None
-    if getattr(dataset, "Modality", "MR") != "MR":
-        report.skip("not_mr", path)
-        return None
-    if int(getattr(dataset, "NumberOfFrames", 1) or 1) > 1:
-        report.skip("multi_frame", path)
-        return None
-    if "PixelData" not in dataset:
-        report.skip("no_pixel_data", path)
-        return None
-    try:
-        pixels = apply_modality_lut(dataset.pixel_array, dataset)
-    except Exception:
-        report.skip("no_pixel_data", path)
-        return None
-    if pixels.ndim != 2:
-        report.skip("not_2d", path)
-        return None
-    return np.clip(np.rint(pixels), 0, None).astype(records.IMAGE_DTYPE), dataset
 
 
 def read_slice(pair: ContourPair, report: IngestReport) -> Optional[records.Slice]:
@@ -262,7 +226,7 @@ def read_slice(pair: ContourPair, report: IngestReport) -> Optional[records.Slic
     read = _read_pixels(pair.dicom_path, report)
     if read is None:
         return None
-    pixels, dataset = read
+    pixels = read.pixels
     rows, cols = pixels.shape
     margin = OFF_IMAGE_TOLERANCE * max(rows, cols)
     if (points[:, 0].min() < -margin or points[:, 0].max() > cols - 1 + margin
@@ -272,14 +236,11 @@ def read_slice(pair: ContourPair, report: IngestReport) -> Optional[records.Slic
     mask = contour_to_mask(points, pixels.shape)
     if pixels.shape != records.IMAGE_SHAPE:
         report.cropped_or_padded += 1
-        pixels, mask = center_crop_or_pad(pixels), center_crop_or_pad(mask)
-    spacing = getattr(dataset, "PixelSpacing", None)
-    location = getattr(dataset, "SliceLocation", None)
+        pixels, mask = dicom.to_model_grid(pixels), dicom.to_model_grid(mask)
     return records.Slice(
         name=f"{pair.patient_id}-{pair.instance_number:04d}", image=pixels, mask=mask,
-        patient_id=pair.patient_id,
-        pixel_spacing=(float(spacing[0]), float(spacing[1])) if spacing else None,
-        slice_location=float(location) if location is not None else None)
+        patient_id=pair.patient_id, pixel_spacing=read.pixel_spacing,
+        slice_location=read.slice_location)
 
 
 def read_labelled_slices(pairs: Iterable[ContourPair], report: IngestReport,

@@ -48,14 +48,29 @@ def register(subparsers) -> None:
                        help="a version label (repeatable), e.g. stable=1700000000")
     serve.add_argument("--poll-seconds", type=float, default=serving_config.DEFAULT_POLL_INTERVAL_S,
                        help="how often the base path is checked for new versions")
+    serve.add_argument("--max-load-retries", type=int,
+                       default=serving_config.DEFAULT_MAX_LOAD_RETRIES, metavar="N",
+                       help="retries of a failed load (TF Serving's --max_num_load_retries, "
+                            "default %(default)s)")
+    serve.add_argument("--load-retry-seconds", type=float,
+                       default=serving_config.DEFAULT_LOAD_RETRY_INTERVAL_S, metavar="S",
+                       help="between load retries (TF Serving's --load_retry_interval_micros, "
+                            "default %(default)s s)")
     serve.add_argument("--max-message-bytes", type=int,
-                       default=serving_config.DEFAULT_MAX_MESSAGE_BYTES,
-                       help="largest request or response (default: %(default)s, a batch of "
-                            f"{serving_config.MAX_BATCH_IMAGES} slices)")
+                       default=serving_config.TF_SERVING_MAX_MESSAGE_BYTES,
+                       help="largest gRPC request or response, and what a request's tensors "
+                            "may decode to (default %(default)s, TF Serving's 2 GiB - 1; e.g. "
+                            f"{serving_config.DEFAULT_MAX_MESSAGE_BYTES}, a batch of "
+                            f"{serving_config.MAX_BATCH_IMAGES} slices, to protect the server)")
+    serve.add_argument("--response-encoding", choices=("proto_field", "tensor_content"),
+                       default="proto_field",
+                       help="Predict outputs in TF Serving's typed fields (float_val, int_val; "
+                            "its default) or as raw tensor_content")
     serve.add_argument("--workers", type=int, default=serving_config.DEFAULT_WORKERS,
                        help="requests handled at once")
     serve.add_argument("--grace-seconds", type=float, default=serving_config.DEFAULT_GRACE_S,
-                       help="on SIGTERM, how long requests in flight may take to finish")
+                       help="on SIGTERM: 0 (default) ends at once, as TF Serving does; above 0, "
+                            "requests in flight may finish for up to this long")
     serve.add_argument("--tls-cert", help="PEM certificate chain: serve over TLS")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     logging_options = serve.add_argument_group(
@@ -156,12 +171,14 @@ def serve_command(args) -> int:
     manager = versions.ModelManager(args.model_name, os.path.abspath(args.model_base_path),
                                     policy=_version_policy(args),
                                     version_labels=labels,
-                                    poll_interval_s=args.poll_seconds)
+                                    poll_interval_s=args.poll_seconds,
+                                    max_load_retries=args.max_load_retries,
+                                    load_retry_interval_s=args.load_retry_seconds)
     logger = _request_logger(args)
     server = model_server.LocalModelServer(
         [manager], port=args.port, host=args.host, max_workers=args.workers,
         max_message_bytes=args.max_message_bytes, server_credentials=credentials,
-        rest_port=args.rest_port, request_log=logger)
+        rest_port=args.rest_port, request_log=logger, response_encoding=args.response_encoding)
     try:
         server.start()
     except BaseException:

@@ -126,23 +126,40 @@ class ModelClient:
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
 
+    # Images per Predict call (None: the whole batch in one).
+    max_images_per_request: Optional[int] = None
+
     def predict_tensors(self, inputs: Mapping[str, np.ndarray],
                         signature_name: Optional[str] = None,
-                        output_filter: Sequence[str] = ()) -> Tuple[Dict[str, np.ndarray], object]:
+                        output_filter: Sequence[str] = (),
+                        version: Optional[int] = None) -> Tuple[Dict[str, np.ndarray], object]:
         raise NotImplementedError
 
     def model_status(self) -> List[VersionStatus]:
         raise NotImplementedError
 
     def predict_result(self, images) -> PredictResult:
-        """Masks and probabilities of one image ``[256, 256]`` or a batch, and who answered."""
+        """Masks and probabilities of one image ``[256, 256]`` or a batch, and who answered.
+
+        A batch larger than ``max_images_per_request`` goes in several calls, the later ones
+        pinned to the version that answered the first, so one model answers the whole batch."""
         batch, single = payloads.as_image_batch(images)
-        outputs, model_spec = self.predict_tensors(
-            payloads.signature_inputs(batch, self.signature), self.signature)
-        masks, probabilities = payloads.masks_and_probabilities(outputs, single)
-        version = model_spec.version.value if model_spec.HasField("version") else None
-        return PredictResult(masks, probabilities, version,
-                             model_spec.signature_name or self.signature)
+        step = self.max_images_per_request or max(len(batch), 1)
+        masks, probabilities, version, signature = [], [], None, self.signature
+        for start in range(0, max(len(batch), 1), step):
+            outputs, model_spec = self.predict_tensors(
+                payloads.signature_inputs(batch[start:start + step], self.signature),
+                self.signature, version=version)
+            chunk_masks, chunk_probabilities = payloads.masks_and_probabilities(outputs, False)
+            masks.append(chunk_masks)
+            probabilities.append(chunk_probabilities)
+            if model_spec.HasField("version"):
+                version = model_spec.version.value
+            signature = model_spec.signature_name or signature
+        masks, probabilities = np.concatenate(masks), np.concatenate(probabilities)
+        if single:
+            masks, probabilities = masks[0], probabilities[0]
+        return PredictResult(masks, probabilities, version, signature)
 
     def predict(self, images) -> Tuple[np.ndarray, np.ndarray]:
         """``(masks, probabilities)`` of one image ``[256, 256]`` or a batch ``[N, 256, 256]``."""
@@ -189,11 +206,15 @@ class ServingClient(ModelClient):
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                  backoff_s: float = DEFAULT_BACKOFF_S,
                  credentials: Optional[grpc.ChannelCredentials] = None,
-                 max_message_bytes: int = payloads.DEFAULT_MAX_MESSAGE_BYTES):
+                 max_message_bytes: Optional[int] = None):
         super().__init__(target, model_name, version, version_label, signature, timeout_s,
                          max_attempts, backoff_s)
-        options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
+        # gRPC's default limits unless told otherwise; batches are split to fit them.
+        receive_limit = max_message_bytes or serving_config.GRPC_CLIENT_DEFAULT_MAX_RECEIVE_BYTES
+        self.max_images_per_request = serving_config.images_per_response(receive_limit)
+        options = ([("grpc.max_send_message_length", max_message_bytes),
+                    ("grpc.max_receive_message_length", max_message_bytes)]
+                   if max_message_bytes else [])
         self._channel = (grpc.secure_channel(target, credentials, options) if credentials
                          else grpc.insecure_channel(target, options))
         self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
@@ -201,26 +222,30 @@ class ServingClient(ModelClient):
 
     # --- the protocol, in one place ----------------------------------------------------------
 
-    def _model_spec(self, model_spec, signature_name: str = "") -> None:
+    def _model_spec(self, model_spec, signature_name: str = "",
+                    version: Optional[int] = None) -> None:
         model_spec.name = self.model_name
         if signature_name:
             model_spec.signature_name = signature_name
-        if self.version is not None:
-            model_spec.version.value = self.version
+        if version is not None or self.version is not None:
+            model_spec.version.value = version if version is not None else self.version
         elif self.version_label:
             model_spec.version_label = self.version_label
 
     def predict_tensors(self, inputs: Mapping[str, np.ndarray],
                         signature_name: Optional[str] = None,
-                        output_filter: Sequence[str] = ()) -> Tuple[Dict[str, np.ndarray], object]:
+                        output_filter: Sequence[str] = (),
+                        version: Optional[int] = None) -> Tuple[Dict[str, np.ndarray], object]:
         """One Predict call with the given input tensors; returns (outputs, response model_spec).
 
-        The lowest level: no conversion of the inputs, so any tensor can be sent.
+        The lowest level: no conversion of the inputs, so any tensor can be sent. Outputs are
+        decoded with ``tf.make_ndarray``, whichever encoding the server chose (TF Serving's
+        typed fields such as ``float_val``, or ``tensor_content``).
         """
         import tensorflow as tf
 
         request = predict_pb2.PredictRequest()
-        self._model_spec(request.model_spec, signature_name or self.signature)
+        self._model_spec(request.model_spec, signature_name or self.signature, version)
         for alias, value in inputs.items():
             request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
         request.output_filter.extend(output_filter)

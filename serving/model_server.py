@@ -25,18 +25,18 @@ CLI and the pipeline's servable check talk to either alike:
 """
 import functools
 import logging
+import os
 import signal
 import threading
 from concurrent import futures
 from typing import Optional, Sequence, Tuple
 
 import grpc
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
+from tensorflow_serving.apis import (get_model_metadata_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from serving import payloads, rest_gateway
-from serving.config import DEFAULT_GRACE_S, DEFAULT_WORKERS
+from serving import inference, rest_gateway
+from serving.config import DEFAULT_GRACE_S, DEFAULT_WORKERS, TF_SERVING_MAX_MESSAGE_BYTES
 from serving.inference import (check_decoded_size, check_inputs, find_signature, run_signature,
                                status_of_exception)
 from serving.versions import ModelManager, ServingStatusError
@@ -133,11 +133,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """``Predict`` and ``GetModelMetadata`` as TF Serving answers them."""
 
     def __init__(self, models: _Models,
-                 max_tensor_bytes: int = payloads.DEFAULT_MAX_MESSAGE_BYTES,
-                 request_log=None):
+                 max_tensor_bytes: int = TF_SERVING_MAX_MESSAGE_BYTES,
+                 request_log=None, response_encoding: str = inference.AS_PROTO_FIELD):
         self._models = models
         self._max_tensor_bytes = max_tensor_bytes
         self._request_log = request_log  # a monitoring.request_log.RequestLogger, or None
+        self._response_encoding = response_encoding
 
     @_answers_with_status
     def Predict(self, request, context):
@@ -162,7 +163,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response = predict_pb2.PredictResponse()
             _fill_model_spec(response.model_spec, manager.model_name, loaded.version, name)
             for alias, value in outputs.items():
-                response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
+                response.outputs[alias].CopyFrom(
+                    inference.tensor_proto(value, self._response_encoding))
             if self._request_log is not None:  # only answered requests; never raises
                 self._request_log.log(request, response, model_name=manager.model_name,
                                       version=loaded.version, signature_name=name,
@@ -200,15 +202,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     @_answers_with_status
     def GetModelStatus(self, request, context):
         manager = self._models.get(request.model_spec)
-        response = get_model_status_pb2.GetModelStatusResponse()
-        states = get_model_status_pb2.ModelVersionStatus.State
-        for status in manager.statuses(*_requested_version(request.model_spec)):
-            entry = response.model_version_status.add(version=status.version,
-                                                      state=states.Value(status.state))
-            if status.error:
-                entry.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
-                entry.status.error_message = status.error
-        return response
+        version, _ = _requested_version(request.model_spec)  # a label is ignored, as in TF Serving
+        return inference.model_status(manager, version)
 
 
 def _fill_model_spec(model_spec, name: str, version: int, signature_name: str = "") -> None:
@@ -227,14 +222,21 @@ class LocalModelServer:
     ``port=0`` picks a free port (see :attr:`port` after :meth:`start`). ``rest_port`` adds TF
     Serving's REST API (:mod:`serving.rest_gateway`; 0 picks a port, None: no REST).
     ``request_log``: a :class:`monitoring.request_log.RequestLogger` that gRPC Predict calls are
-    logged to; the server closes it when it stops.
+    logged to; the server closes it when it stops. ``max_message_bytes``: TF Serving's 2 GiB - 1
+    by default; a lower limit also bounds what a request's tensors may decode to.
+    ``response_encoding``: TF Serving's typed fields (``float_val``, ``int_val``) by default, or
+    ``tensor_content``.
     """
 
     def __init__(self, managers: Sequence[ModelManager], port: int = 0, host: str = "0.0.0.0",
                  max_workers: int = DEFAULT_WORKERS,
-                 max_message_bytes: int = payloads.DEFAULT_MAX_MESSAGE_BYTES,
+                 max_message_bytes: int = TF_SERVING_MAX_MESSAGE_BYTES,
                  server_credentials: Optional[grpc.ServerCredentials] = None,
-                 rest_port: Optional[int] = None, request_log=None):
+                 rest_port: Optional[int] = None, request_log=None,
+                 response_encoding: str = inference.AS_PROTO_FIELD):
+        if response_encoding not in inference.RESPONSE_ENCODINGS:
+            raise ValueError(f"response encoding must be one of {inference.RESPONSE_ENCODINGS}")
+        self.response_encoding = response_encoding
         self.managers = list(managers)
         self.request_log = request_log
         self.host = host
@@ -272,7 +274,8 @@ class LocalModelServer:
                      ("grpc.so_reuseport", 0)])  # a taken port is an error, not shared
         lenient = _LenientServer(server)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(models, self.max_message_bytes, self.request_log), lenient)
+            PredictionServicer(models, self.max_message_bytes, self.request_log,
+                               self.response_encoding), lenient)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(models), lenient)
         address = f"{self.host}:{self.requested_port}"
         if self.server_credentials is None:
@@ -317,12 +320,17 @@ class LocalModelServer:
 
 
 def serve_until_terminated(server: LocalModelServer, grace_s: float = DEFAULT_GRACE_S) -> None:
-    """Runs a started server until SIGTERM or SIGINT, then shuts it down gracefully."""
+    """Runs a started server until SIGTERM or SIGINT.
+
+    ``grace_s`` 0 (the default): the process ends at once, by the signal, as TF Serving's does
+    (it installs no handler); only the request log is flushed first, so no logged request is
+    lost. Above 0: new requests are refused and those in flight finish, for up to ``grace_s``.
+    """
     stop = threading.Event()
+    received = []
 
     def request_stop(signum, _frame):
-        log.info("received %s, shutting down (grace %.0f s)", signal.Signals(signum).name,
-                 grace_s)
+        received.append(signum)
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -330,6 +338,14 @@ def serve_until_terminated(server: LocalModelServer, grace_s: float = DEFAULT_GR
         while not stop.wait(1.0):  # a timed wait lets the signal handler run promptly
             pass
     finally:
-        server.stop(grace_s)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if grace_s <= 0 and received:
+            if server.request_log is not None:
+                server.request_log.close()
+            log.info("received %s: exiting now", signal.Signals(received[0]).name)
+            signal.signal(received[0], signal.SIG_DFL)
+            os.kill(os.getpid(), received[0])  # ends the process as the signal would have
+        log.info("%sshutting down (grace %.0f s)",
+                 f"received {signal.Signals(received[0]).name}: " if received else "", grace_s)
+        server.stop(grace_s)

@@ -3,8 +3,8 @@ PNGs.
 
 Inputs, recognised by content (DICOM files often have no extension):
 
-- DICOM (pydicom): the stored pixel values, as the lab's records hold them; ``PixelSpacing``
-  gives the LV area in mm^2.
+- DICOM (pydicom), read exactly as ingestion reads it (``dataset.dicom``): through the modality
+  LUT, centre-cropped or zero-padded to 256x256; ``PixelSpacing`` gives the LV area in mm^2.
 - PNG: 8- or 16-bit grey (colour PNGs are converted to grey).
 - NPY: one image ``[256, 256]`` or a stack ``[N, 256, 256]``.
 - The lab's TFRecords (``*.tfrecord``, ``*.tfrecord.gz``): every record; its label gives a Dice.
@@ -97,23 +97,17 @@ def _stem(path: str) -> str:
 
 
 def _read_dicom(path: str) -> List[InputImage]:
-    import pydicom
+    """As ingestion reads it (``dataset.dicom``): through the modality LUT, and centre-cropped or
+    zero-padded to 256x256, so the model sees the pixels it was trained on."""
+    from dataset import dicom
     try:
-        dataset = pydicom.dcmread(path)
-    except Exception as exc:  # pydicom raises several kinds for damaged files
-        raise InputFileError(f"{path}: unreadable DICOM ({type(exc).__name__}: {exc})") from exc
-    if "PixelData" not in dataset:
-        raise InputFileError(f"{path}: DICOM without pixel data")
-    try:
-        pixels = dataset.pixel_array
-    except Exception as exc:  # compressed data without a decoder, truncated data, ...
-        raise InputFileError(f"{path}: cannot decode the DICOM pixel data ({exc})") from exc
-    if pixels.ndim != 2:
-        raise InputFileError(f"{path}: DICOM with {pixels.ndim}-D pixel data {pixels.shape}; "
-                             "one grey slice per file is supported")
-    spacing = dataset.get("PixelSpacing")
-    spacing = (float(spacing[0]), float(spacing[1])) if spacing and len(spacing) == 2 else None
-    return [InputImage(_stem(path), path, _checked(path, pixels), spacing)]
+        read = dicom.read_dicom_slice(path)
+    except dicom.DicomReadError as exc:
+        raise InputFileError(f"{path}: {exc}") from exc
+    pixels = read.pixels
+    if pixels.shape != records.IMAGE_SHAPE:
+        pixels = dicom.to_model_grid(pixels)
+    return [InputImage(_stem(path), path, _checked(path, pixels), read.pixel_spacing)]
 
 
 def _read_png(path: str) -> List[InputImage]:

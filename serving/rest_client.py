@@ -23,7 +23,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 from serving import config as serving_config
 from serving.client import (DEFAULT_BACKOFF_S, DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_S,
                             ModelClient, error_from_status)
-from serving.rest_gateway import PAYLOAD_TOO_LARGE, to_json_value
+from serving.rest_gateway import PAYLOAD_TOO_LARGE, to_json_input
 from serving.versions import VersionStatus
 
 # HTTP status -> the gRPC status it stands for (TF Serving's mapping, reversed).
@@ -55,13 +55,14 @@ class RestServingClient(ModelClient):
 
     def predict_tensors(self, inputs: Mapping[str, np.ndarray],
                         signature_name: Optional[str] = None,
-                        output_filter: Sequence[str] = ()) -> Tuple[Dict[str, np.ndarray], object]:
+                        output_filter: Sequence[str] = (),
+                        version: Optional[int] = None) -> Tuple[Dict[str, np.ndarray], object]:
         """One ``:predict`` call (columnar ``inputs``); returns (outputs, model_spec)."""
         if output_filter:
             raise ValueError("TF Serving's REST API has no output filter")
         signature_name = signature_name or self.signature
         body = {"signature_name": signature_name,
-                "inputs": {alias: to_json_value(np.asarray(value))
+                "inputs": {alias: to_json_input(np.asarray(value))
                            for alias, value in inputs.items()}}
         response = self._call("Predict", self._model_url + ":predict", body)
         outputs = response["outputs"]

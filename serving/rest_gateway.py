@@ -37,22 +37,56 @@ HTTP_STATUS = {
     grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
 PAYLOAD_TOO_LARGE = 413
+API_PREFIX = "/v1/"
+BYTES_SUFFIX = "_bytes"  # string outputs whose alias ends so are written as {"b64": ...}
 
 
-def to_json_value(array: np.ndarray):
-    """Nested lists; bytes as ``{"b64": ...}`` like TF Serving."""
+def proto_as_json(message) -> dict:
+    """A proto as TF Serving's REST API prints it: proto field names, primitive fields always
+    printed (``http_rest_api_util.cc``, ``ToJsonString``)."""
+    from google.protobuf import json_format
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     including_default_value_fields=True)
+
+
+def to_json_value(array: np.ndarray, alias: str = ""):
+    """Nested lists, as ``json_tensor.cc`` writes a tensor: strings plain, or ``{"b64": ...}``
+    when the output's alias ends in ``_bytes`` (``IsNamedTensorBytes``)."""
     if array.dtype == object or array.dtype.kind == "S":
-        return np.vectorize(lambda b: {"b64": base64.b64encode(b).decode("ascii")},
-                            otypes=[object])(array).tolist()
+        if alias.endswith(BYTES_SUFFIX):
+            encode = lambda b: {"b64": base64.b64encode(b).decode("ascii")}  # noqa: E731
+        else:
+            encode = lambda b: b.decode("utf-8", "replace")  # noqa: E731
+        return np.vectorize(encode, otypes=[object])(array).tolist() if array.size else []
     return array.tolist()
 
 
+def to_json_input(array: np.ndarray):
+    """An input tensor as a client sends it: binary strings as ``{"b64": ...}``."""
+    if array.dtype == object or array.dtype.kind == "S":
+        return to_json_value(array, BYTES_SUFFIX)
+    return array.tolist()
+
+
+def _decode_b64(item, alias: str) -> bytes:
+    if set(item) != {"b64"} or not isinstance(item["b64"], str):
+        raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"JSON Value: {json.dumps(item)} not formatted correctly for "
+                                 "base64 data")
+    try:
+        return base64.b64decode(item["b64"], validate=True)
+    except (ValueError, TypeError):
+        raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                 "Unable to base64 decode") from None
+
+
 def from_json_value(value, numpy_dtype: np.dtype, alias: str) -> np.ndarray:
-    """A JSON tensor in the signature's dtype; refuses values the dtype would silently change."""
+    """A JSON tensor in the signature's dtype; refuses values the dtype would silently change.
+    ``{"b64": ...}`` is read for string inputs only, as ``json_tensor.cc`` does."""
     if numpy_dtype.kind == "O":
         def decode(item):
-            if isinstance(item, dict) and "b64" in item:
-                return base64.b64decode(item["b64"])
+            if isinstance(item, dict):
+                return _decode_b64(item, alias)
             if isinstance(item, str):
                 return item.encode("utf-8")
             raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -72,6 +106,74 @@ def from_json_value(value, numpy_dtype: np.dtype, alias: str) -> np.ndarray:
         raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
                                  f"input {alias!r} must hold integers ({np.dtype(numpy_dtype)})")
     return array.astype(numpy_dtype)
+
+
+def _instances_as_columns(instances, input_names) -> Dict[str, list]:
+    """The row format (``"instances"``) as one list per input (``FillTensorMapFromInstancesList``):
+    plain values for a signature of one input, else (or also) objects naming every input."""
+    if not isinstance(instances, list):
+        raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                 "Expecting 'instances' to be an list/array")
+    if not instances:
+        raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                 "No values in 'instances' array")
+    named = [isinstance(item, dict) and set(item) != {"b64"} for item in instances]
+    if not any(named):
+        if len(input_names) != 1:
+            raise ServingStatusError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "instances is a plain list, but expecting list of objects as multiple input "
+                "tensors required as per tensorinfo_map")
+        return {input_names[0]: instances}
+    columns: Dict[str, list] = {name: [] for name in input_names}
+    for index, item in enumerate(instances):
+        if not named[index]:
+            raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                     f"Expecting object but got list at item {index} of input "
+                                     "list")
+        if set(item) != set(input_names):
+            unknown = sorted(set(item) - set(input_names))
+            raise ServingStatusError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Failed to process element: {index} of 'instances' list. "
+                + (f"JSON object: does not have named input: {unknown[0]}" if unknown else
+                   f"JSON object: keys must be equal to: {','.join(sorted(input_names))}"))
+        for name in input_names:
+            columns[name].append(item[name])
+    return columns
+
+
+def _inputs_as_columns(inputs, input_names) -> Dict[str, object]:
+    """The columnar format (``"inputs"``, ``FillTensorMapFromInputsMap``): a bare value for a
+    signature of one input, else an object with every input (extra keys are ignored)."""
+    if isinstance(inputs, dict) and set(inputs) != {"b64"}:
+        missing = [name for name in input_names if name not in inputs]
+        if missing:
+            raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                     f"Missing named input: {missing[0]} in 'inputs' object.")
+        return {name: inputs[name] for name in input_names}
+    if len(input_names) != 1:
+        raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                 "'inputs' is a plain value/list, but expecting an object as "
+                                 "multiple input tensors required as per tensorinfo_map")
+    return {input_names[0]: inputs}
+
+
+def predictions_json(outputs: Dict[str, np.ndarray], row_format: bool):
+    """``{"predictions": ...}`` or ``{"outputs": ...}`` as ``MakeJsonFromTensors`` writes them: a
+    single output bare, several as an object per row (or one object of columns)."""
+    if not row_format:
+        if len(outputs) == 1:
+            [(alias, value)] = outputs.items()
+            return {"outputs": to_json_value(value, alias)}
+        return {"outputs": {alias: to_json_value(value, alias)
+                            for alias, value in outputs.items()}}
+    rows = len(next(iter(outputs.values())))
+    if len(outputs) == 1:
+        [(alias, value)] = outputs.items()
+        return {"predictions": [to_json_value(value[i], alias) for i in range(rows)]}
+    return {"predictions": [{alias: to_json_value(value[i], alias)
+                             for alias, value in outputs.items()} for i in range(rows)]}
 
 
 class RestGateway:
@@ -134,9 +236,11 @@ class RestGateway:
             error.http_status = PAYLOAD_TOO_LARGE
             raise error
         body = handler.rfile.read(length) if length else b""
-        if not match:
-            raise ServingStatusError(grpc.StatusCode.NOT_FOUND,
-                                     f"Malformed request: {method} {handler.path}")
+        if not match:  # TF Serving: a path under /v1/ it cannot read is a bad request (400);
+            # anything else never reaches its handler (404)
+            raise ServingStatusError(
+                grpc.StatusCode.INVALID_ARGUMENT if handler.path.lower().startswith(API_PREFIX)
+                else grpc.StatusCode.NOT_FOUND, f"Malformed request: {method} {handler.path}")
         manager = self._models.by_name.get(match["name"])
         if manager is None:
             raise ServingStatusError(grpc.StatusCode.NOT_FOUND,
@@ -154,58 +258,66 @@ class RestGateway:
                 raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
                                          f"JSON Parse error: {exc}") from exc
             return self._predict(manager, version, match["label"], request)
-        raise ServingStatusError(grpc.StatusCode.NOT_FOUND,
+        raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
                                  f"Malformed request: {method} {handler.path}")
 
     @staticmethod
     def _status(manager, version, label) -> dict:
-        return {"model_version_status": [
-            {"version": str(s.version), "state": s.state,
-             "status": {"error_code": "UNKNOWN" if s.error else "OK",
-                        "error_message": s.error}}
-            for s in manager.statuses(version, label)]}
+        # TF Serving ignores the label here (get_model_status_impl.cc)
+        return proto_as_json(inference.model_status(manager, version))
 
     @staticmethod
     def _metadata(manager, version, label) -> dict:
-        from google.protobuf import json_format
-        from tensorflow_serving.apis import get_model_metadata_pb2
+        """As ``http_rest_api_util.cc`` ``ToJsonString`` writes it: the model spec and the
+        unpacked SignatureDefMap, each printed with proto field names and every primitive field
+        (``"metadata": {"signature_def": {"signature_def": {...}}}``, no ``@type``)."""
+        from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2
 
         with manager.acquire(version, label) as loaded:
             signature_map = get_model_metadata_pb2.SignatureDefMap()
             for name, signature_def in loaded.signature_defs.items():
                 signature_map.signature_def[name].CopyFrom(signature_def)
-            return {"model_spec": {"name": manager.model_name, "signature_name": "",
-                                   "version": str(loaded.version)},
-                    "metadata": {"signature_def": json_format.MessageToDict(signature_map)}}
+            model_spec = model_pb2.ModelSpec(name=manager.model_name)
+            model_spec.version.value = loaded.version
+            return {"model_spec": proto_as_json(model_spec),
+                    "metadata": {"signature_def": proto_as_json(signature_map)}}
 
     @staticmethod
     def _predict(manager, version, label, request: dict) -> dict:
+        """``json_tensor.cc`` ``FillPredictRequestFromJson``, the signature run as over gRPC,
+        ``MakeJsonFromTensors``."""
         import tensorflow as tf
 
-        if not isinstance(request, dict) or ("inputs" in request) == ("instances" in request):
+        if not isinstance(request, dict):
+            raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT, "Is not object")
+        if "inputs" in request and "instances" in request:
             raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
-                                     "the request must have either 'inputs' or 'instances'")
+                                     "Not formatted correctly expecting only one of 'inputs' "
+                                     "or 'instances' keys to exist ")
+        if "inputs" not in request and "instances" not in request:
+            raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                     "Missing 'inputs' or 'instances' key")
+        signature_name = request.get("signature_name", "")
+        if not isinstance(signature_name, str):
+            raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                     "'signature_name' key must be a string value.")
+        row_format = "instances" in request
         with manager.acquire(version, label) as loaded:
-            name, signature_def = inference.find_signature(
-                loaded, request.get("signature_name", ""))
-            columns = request.get("inputs", request.get("instances"))
-            if not isinstance(columns, dict):
-                if len(signature_def.inputs) != 1:
-                    raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
-                                             "name the inputs: the signature has several")
-                columns = {next(iter(signature_def.inputs)): columns}
+            name = signature_name or inference.SERVER_DEFAULT_SIGNATURE
+            if name not in loaded.signature_defs:
+                raise ServingStatusError(grpc.StatusCode.INVALID_ARGUMENT,
+                                         f'Serving signature name: "{name}" not found in '
+                                         "signature def")
+            signature_def = loaded.signature_defs[name]
+            input_names = sorted(signature_def.inputs)
+            columns = (_instances_as_columns(request["instances"], input_names) if row_format
+                       else _inputs_as_columns(request["inputs"], input_names))
             arrays: Dict[str, np.ndarray] = {}
             for alias, value in columns.items():
-                info = signature_def.inputs.get(alias)
-                dtype = tf.dtypes.as_dtype(info.dtype).as_numpy_dtype if info else np.float32
+                dtype = tf.dtypes.as_dtype(signature_def.inputs[alias].dtype).as_numpy_dtype
                 arrays[alias] = from_json_value(value, np.dtype(dtype), alias)
             inference.check_inputs(name, signature_def, {
-                alias: (signature_def.inputs[alias].dtype if alias in signature_def.inputs
-                        else 0, list(array.shape)) for alias, array in arrays.items()})
+                alias: (signature_def.inputs[alias].dtype, list(array.shape))
+                for alias, array in arrays.items()})
             outputs = inference.run_signature(loaded, name, signature_def, arrays)
-        if "inputs" in request:
-            return {"outputs": {alias: to_json_value(value) for alias, value in outputs.items()}}
-        rows = len(next(iter(outputs.values())))
-        return {"predictions": [{alias: to_json_value(value[i]) for alias, value in
-                                 outputs.items()} for i in range(rows)]}
-
+        return predictions_json(outputs, row_format)

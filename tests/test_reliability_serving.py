@@ -207,9 +207,6 @@ BAD_REQUESTS = {
     "string pixels": (lambda: _predict_request(tf.make_tensor_proto(
         np.full((1, 2), b"x", dtype=object))), INVALID),
     "unknown dtype": (lambda: _predict_request(_with(_images(1), dtype=999)), INVALID),
-    "empty batch of images": (lambda: _predict_request(_images(0)), INVALID),
-    "empty batch of examples": (lambda: _predict_request(
-        tf.make_tensor_proto(np.array([], dtype=object)), signatures.SERVING_DEFAULT), INVALID),
     "negative dimension": (lambda: _predict_request(_with(_images(1), first_dim=-3)), INVALID),
     "unknown rank": (lambda: _predict_request(_with(_images(1), unknown_rank=True)), INVALID),
     "content shorter than the shape": (lambda: _predict_request(
@@ -242,6 +239,18 @@ def test_bad_request_gets_its_status_and_the_server_keeps_serving(served, case):
         _send(served, build())
     assert caught.value.code() == expected_code, caught.value.details()
     assert time.monotonic() - started < 10  # refused, not computed
+    _assert_still_serving(served)
+
+
+@pytest.mark.parametrize("request_of_nothing", [
+    lambda: _predict_request(_images(0)),
+    lambda: _predict_request(tf.make_tensor_proto(np.array([], dtype=object)),
+                             signatures.SERVING_DEFAULT)])
+def test_an_empty_batch_is_answered_with_empty_outputs(served, request_of_nothing):
+    """As TF Serving, which runs the graph on it (predict_util.cc checks no batch size)."""
+    response = _send(served, request_of_nothing())
+    for alias in (signatures.MASK_OUTPUT, signatures.PROBABILITIES_OUTPUT):
+        assert tf.make_ndarray(response.outputs[alias]).shape == (0,) + records.IMAGE_SHAPE
     _assert_still_serving(served)
 
 
@@ -319,7 +328,10 @@ def test_model_names_versions_and_labels_are_looked_up_never_used_as_paths(serve
     for version in HOSTILE_VERSIONS + [served["version"] + 1]:
         assert _all_rpcs(served, version=version) == [grpc.StatusCode.NOT_FOUND] * 3, version
     for label in ("../evil", f"stable/../../{served['version']}", "stable\x00"):
-        assert _all_rpcs(served, label=label) == [grpc.StatusCode.INVALID_ARGUMENT] * 3, label
+        # Predict and GetModelMetadata refuse an unknown label; GetModelStatus ignores labels,
+        # as TF Serving's get_model_status_impl.cc does
+        assert _all_rpcs(served, label=label) == [grpc.StatusCode.INVALID_ARGUMENT] * 2 + [
+            grpc.StatusCode.OK], label
     calls_before = len(path_spy)
     time.sleep(1.0)  # the server polls its base path every 0.2 s: the spies must see it
     assert any(served["base_path"] in path for path in path_spy[calls_before:]), \

@@ -4,6 +4,7 @@ import os
 import threading
 import time
 
+import grpc
 import pytest
 
 from components import atomic_pusher
@@ -109,15 +110,19 @@ def test_version_policies(manager, sample_saved_model, tmp_path):
 
 def test_a_broken_new_version_leaves_the_old_one_serving(manager, sample_saved_model, tmp_path):
     good = _push(sample_saved_model, tmp_path)
-    models = manager()
+    models = manager(max_load_retries=1, load_retry_interval_s=0.0)
     broken = os.path.join(_base_path(tmp_path), str(good + 1))
     os.makedirs(broken)
     with open(os.path.join(broken, versions.SAVED_MODEL_FILE), "wb") as f:
         f.write(b"not a SavedModel")
-    models.refresh()
+    models.refresh()  # the first attempt fails: retried later, LOADING meanwhile
+    assert models.available_versions() == [good]
+    assert models.statuses(good + 1)[0].state == versions.LOADING
+    models.refresh()  # the one retry fails too: given up
     assert models.available_versions() == [good]
     failed = models.statuses(good + 1)[0]
     assert failed.state == versions.END and "DecodeError" in failed.error
+    assert failed.error_code == grpc.StatusCode.UNKNOWN  # a parse error has no status of its own
 
 
 def test_staging_folders_and_incomplete_versions_are_ignored(manager, sample_saved_model,

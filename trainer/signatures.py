@@ -52,12 +52,20 @@ PIXEL_SPACING_SPEC = tf.io.FixedLenFeature([2], tf.float32, default_value=[0.0, 
 
 
 
+def _probabilities(model: tf.keras.Model, images: tf.Tensor, test_time_flips: bool) -> tf.Tensor:
+    if test_time_flips:
+        return tta.flip_averaged_probability(model, images)
+    return dice.lv_probability(model(images, training=False))
+
+
 def _predict(model: tf.keras.Model, raw_features: dict, test_time_flips: bool) -> dict:
     images = model.tft_layer(raw_features)[preprocessing.IMAGE_FEATURE]
-    if test_time_flips:
-        probabilities = tta.flip_averaged_probability(model, images)
-    else:
-        probabilities = dice.lv_probability(model(images, training=False))
+    # TensorFlow's CPU convolutions fail on an empty batch (BiasAdd); a request of no images
+    # is answered with no outputs, as TF Serving, which runs the graph whatever the batch size,
+    # then answers OK.
+    probabilities = tf.cond(tf.shape(images)[0] > 0,
+                            lambda: _probabilities(model, images, test_time_flips),
+                            lambda: tf.zeros_like(images[..., 0]))
     return {PROBABILITIES_OUTPUT: probabilities, MASK_OUTPUT: postprocess.lv_mask(probabilities)}
 
 
