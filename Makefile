@@ -19,7 +19,7 @@ help:
 	@echo "make run    run the whole pipeline on the generated default data ($(DATA_ROOT))"
 	@echo "make test   run the test suite"
 	@echo "make lint   check the code with ruff (ruff.toml)"
-	@echo "make bench  run the benchmarks (under 15 min on 2 CPUs), print the figures as one JSON object"
+	@echo "make bench  run the benchmarks (under 20 min on 2 CPUs), print the figures as one JSON object"
 	@echo "make install / data / clean / distclean"
 
 install: $(INSTALLED)

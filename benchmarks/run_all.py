@@ -1,4 +1,4 @@
-"""Runs every benchmark, one after the other, with sizes that fit 15 minutes on 2 CPUs, and prints
+"""Runs every benchmark, one after the other, with sizes that fit 20 minutes on 2 CPUs, and prints
 one combined JSON object (``make bench``).
 
     .venv/bin/python benchmarks/run_all.py [--data-root data/synthetic] [--out DIR] [--quick]
@@ -6,7 +6,8 @@ one combined JSON object (``make bench``).
 Order: ``cli_startup``, ``data_stages`` (its single-process Transform outputs are kept and feed
 the next two), ``training_throughput``, ``input_pipeline``, ``serving_latency``, ``model_flops``,
 ``pipeline_stages`` (its default-run projection uses the Trainer's steady step time measured by
-``training_throughput``). Each script runs in its own process; its stderr goes to
+``training_throughput``), ``multi_worker_training`` (one process against a chief and a
+worker). Each script runs in its own process; its stderr goes to
 ``<out>/<name>.log``, its JSON into the combined object under ``results``, and ``summary`` holds
 the headline figures: each a ratio against the plain way of doing the same work, measured in the
 same run, plus the goals of issue 9. The combined object is also written to
@@ -28,7 +29,7 @@ from benchmarks import common  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALL = ("cli_startup", "data_stages", "training_throughput", "input_pipeline", "serving_latency",
-       "model_flops", "pipeline_stages")
+       "model_flops", "pipeline_stages", "multi_worker_training")
 
 
 def _sizes(quick: bool) -> Dict[str, List[str]]:
@@ -43,6 +44,7 @@ def _sizes(quick: bool) -> Dict[str, List[str]]:
                                 "--grid-clients", "1", "2", "--grid-images", "8"],
             "model_flops": ["--steps", "1", "--matmul-size", "512", "--matmul-repeats", "2"],
             "pipeline_stages": ["--train-steps", "2", "--epochs", "1"],
+            "multi_worker_training": ["--steps", "4"],
         }
     return {
         "cli_startup": ["--runs", "5"],
@@ -53,6 +55,7 @@ def _sizes(quick: bool) -> Dict[str, List[str]]:
                             "--grid-clients", "1", "8", "--grid-images", "16"],
         "model_flops": ["--steps", "4", "--matmul-size", "2048", "--matmul-repeats", "8"],
         "pipeline_stages": ["--train-steps", "6", "--epochs", "1"],
+        "multi_worker_training": ["--steps", "40"],
     }
 
 
@@ -148,6 +151,12 @@ def summarise(results: Dict[str, dict]) -> Dict[str, object]:
                 "peak_rss_mb": run["peak_rss_mb_process_tree"],
                 "projected_default_run": run.get("projected_default_run"),
             }
+    workers = results.get("multi_worker_training")
+    if workers:
+        summary["multi_worker_training"] = {
+            "steady_steps_per_s": {side: workers[side]["steady_steps_per_s"]
+                                   for side in ("one_process", "two_workers")},
+            "two_over_one_step_time": workers["two_over_one_step_time"]}
     flops = results.get("model_flops")
     if flops:
         peak = flops["machine_peak"]["gflops_per_s"]

@@ -66,8 +66,8 @@ def _add_compile_command(commands) -> None:
                       default=beam_settings.DIRECT)
     beam.add_argument("--direct-workers", type=int, default=1,
                       help="DirectRunner: 1 runs in memory, more in that many processes")
-    beam.add_argument("--project", help="Dataflow: GCP project")
-    beam.add_argument("--region", help="Dataflow: region")
+    beam.add_argument("--project", help="Dataflow, and a Vertex AI training job: GCP project")
+    beam.add_argument("--region", help="Dataflow, and a Vertex AI training job: region")
     beam.add_argument("--temp-location", help="Dataflow: gs:// folder for temporary files")
     beam.add_argument("--job-endpoint", help="portable: Flink or Spark job server, host:port")
     beam.add_argument("--environment-type", choices=beam_settings.ENVIRONMENT_TYPES,
@@ -95,9 +95,19 @@ def _add_resource_options(parser, group: str, what: str, gpus: bool = False) -> 
     options.add_argument(f"--{flag}-cpus", type=float, metavar="CPUS")
     options.add_argument(f"--{flag}-memory-gb", type=float, metavar="GB")
     if gpus:
-        options.add_argument(f"--{flag}-gpus", type=int, default=0, metavar="N")
+        options.add_argument(f"--{flag}-gpus", type=int, default=0, metavar="N",
+                             help="per machine (each replica of a training job)")
         options.add_argument("--gpu-type", help="kfp: the Kubernetes resource name (default "
                              "nvidia.com/gpu); vertex: a GPU model (default NVIDIA_TESLA_T4)")
+        options.add_argument(f"--{flag}-replicas", type=int, default=1, metavar="N",
+                             help="train on N machines in sync (MultiWorkerMirroredStrategy): "
+                                  "kfp a TFJob of the Kubeflow Training Operator, each pod with "
+                                  "the trainer's resources; vertex a Vertex AI custom job")
+        options.add_argument(f"--{flag}-machine-type", metavar="TYPE",
+                             help="vertex: the training job's machines (default "
+                                  "n1-standard-8)")
+        options.add_argument(f"--{flag}-namespace", metavar="NAMESPACE",
+                             help="kfp: where the TFJob runs (default: the Trainer task's)")
     options.add_argument(f"--{flag}-node-selector", action="append", default=[],
                          metavar="LABEL=VALUE", help="kfp only; repeatable")
     options.add_argument(f"--{flag}-toleration", action="append", default=[],
@@ -165,9 +175,13 @@ def _add_submit_command(commands) -> None:
 
 
 def _compile(args) -> int:
-    from kubeflow import beam_settings, runner
+    from kubeflow import beam_settings, runner, trainer_job
     from pipeline import options
 
+    training_job, task_resources = trainer_job.plan(
+        args.target, args.image, args.trainer_replicas, args.trainer_machine_type,
+        _task_resources(args), project=args.project, region=args.region,
+        namespace=args.trainer_namespace)
     run = runner.KubeflowCompile(
         image=args.image,
         pipeline_root=args.pipeline_root,
@@ -181,7 +195,8 @@ def _compile(args) -> int:
             job_endpoint=args.job_endpoint, environment_type=args.environment_type,
             environment_config=args.environment_config, extra_args=args.beam_args),
         target=args.target,
-        task_resources=_task_resources(args))
+        task_resources=task_resources,
+        training_job=training_job)
     output = args.output or runner.DEFAULT_OUTPUTS[args.target]
     compiled = runner.compile_pipeline(run, output)
     print(f"compiled {runner.count_tasks(compiled)} tasks for {args.target} -> {output}\n"
@@ -190,7 +205,8 @@ def _compile(args) -> int:
           "build it from this commit)\n"
           f"  pipeline root  {run.pipeline_root}\n"
           f"  pushes to      {run.serving_model_dir}/<version>/\n"
-          f"  parameters     " + ", ".join(
+          + (f"  trains as      {training_job.describe()}\n" if training_job else "")
+          + "  parameters     " + ", ".join(
               sorted(compiled.spec["root"]["inputDefinitions"]["parameters"])))
     return 0
 

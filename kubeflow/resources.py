@@ -103,14 +103,19 @@ class TaskResources:
                                         "count": str(self.gpus)}
         return resources or None
 
+    def kubernetes_tolerations(self) -> List[Toleration]:
+        """The tolerations given, and the GPU node taint's when the tasks use GPUs."""
+        tolerations = list(self.tolerations)
+        if self.gpus and GPU_TOLERATION not in tolerations:
+            tolerations.append(GPU_TOLERATION)
+        return tolerations
+
     def kubernetes_config(self) -> Optional[dict]:
         """kfp-kubernetes' KubernetesExecutorConfig (JSON names), None if nothing is set."""
         config = {}
         if self.node_selector:
             config["nodeSelector"] = {"labels": dict(sorted(self.node_selector.items()))}
-        tolerations = list(self.tolerations)
-        if self.gpus and GPU_TOLERATION not in tolerations:
-            tolerations.append(GPU_TOLERATION)
+        tolerations = self.kubernetes_tolerations()
         if tolerations:
             config["tolerations"] = [t.as_kubernetes() for t in tolerations]
         return config or None

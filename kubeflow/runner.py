@@ -23,8 +23,10 @@ import yaml
 from tfx import v1 as tfx
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
-from kubeflow import beam_settings, code_version, resources, run_parameters, targets
+from kubeflow import (beam_settings, code_version, resources, run_parameters, targets,
+                      trainer_job)
 from kubeflow.config import DEFAULT_OUTPUTS, IMAGE_PROJECT_DIR, IMAGE_SCHEMA_PATH, KFP  # noqa: F401
+from components.training_jobs import TrainingJob
 from pipeline import configs
 from pipeline.eval_config import build_eval_config
 from pipeline.pipeline import build_train_args, create_pipeline, never_cached
@@ -51,6 +53,8 @@ class KubeflowCompile:
     target: str = KFP
     # resources per group of tasks (resources.DATA, TRAINER, SERVING_CHECK)
     task_resources: Dict[str, resources.TaskResources] = dataclasses.field(default_factory=dict)
+    # the Trainer as a training job (kubeflow/trainer_job.py); None: in its own task
+    training_job: Optional[TrainingJob] = None
 
     @property
     def serving_model_dir(self) -> str:
@@ -84,7 +88,8 @@ def build_pipeline(run: KubeflowCompile) -> tfx.dsl.Pipeline:
         training_config=parameters[configs.TRAINING_CONFIG_PARAMETER],
         transform_config=run.settings.transform_config(),
         beam_pipeline_args=beam_settings.beam_pipeline_args(run.beam, run.image),
-        enable_cache=run.settings.enable_cache)
+        enable_cache=run.settings.enable_cache,
+        training_job=run.training_job)
 
 
 @dataclasses.dataclass
@@ -107,6 +112,9 @@ def compile_pipeline(run: KubeflowCompile, output_path: str) -> CompiledPipeline
     """
     if run.target not in targets.TARGETS:
         raise ValueError(f"target must be one of {targets.TARGETS}, got {run.target!r}")
+    if run.training_job and run.training_job.BACKEND != trainer_job.BACKENDS[run.target]:
+        raise ValueError(f"a {run.training_job.BACKEND} training job cannot run from "
+                         f"{run.target}")
     if output_path.endswith(JSON_SUFFIX):
         if run.target == KFP:
             raise ValueError("Kubeflow Pipelines' client uploads YAML: name a .yaml output for "

@@ -34,7 +34,8 @@ TRAINING_OPTIONS = (
            metavar="N"),
     Option("--epochs", "epochs", int, "the steps are spread over this many epochs (one "
            "validation point each)", metavar="N"),
-    Option("--batch-size", "batch_size", int, "per replica", metavar="N"),
+    Option("--batch-size", "batch_size", int,
+           "the global batch, split evenly over the replicas training in sync", metavar="N"),
     Option("--learning-rate", "learning_rate", float, "Adam's initial rate, decaying to 0 over "
            "the run (cosine)", metavar="RATE"),
     Option("--seed", "seed", int, "seeds weights, shuffling, augmentation and generated slices",

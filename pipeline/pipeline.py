@@ -25,6 +25,7 @@ from components.data_gate import DataGate
 from components.served_model import Evaluator, ServedModel
 from components.serving_check import ServingCheck, docker_infra_validator
 from components.sunnybrook_example_gen import SunnybrookExampleGen
+from components.training_jobs import JobTrainer, TrainingJob
 from pipeline import configs
 from pipeline.eval_config import build_eval_config
 
@@ -81,6 +82,7 @@ def create_pipeline(
     eval_config: Optional[Union[tfma.EvalConfig, RuntimeParameter]] = None,
     dicom_source: Optional[DicomSource] = None,
     docker_infra_validation: bool = False,
+    training_job: Optional[TrainingJob] = None,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline.
 
@@ -116,6 +118,8 @@ def create_pipeline(
         official TF Serving image in local Docker, instead of ServingCheck, which serves the
         candidate with the local stand-in inside its own task (and is what Kubeflow runs use:
         TFX 1.16's Kubeflow V2 runner cannot compile InfraValidator).
+      training_job: train as this job on one or more machines, a Vertex AI custom job or a
+        TFJob (``components.training_jobs``), instead of inside the Trainer's own task.
     """
     if (data_root is None) == (dicom_source is None):
         raise ValueError("give either data_root (TFRecords) or dicom_source (DICOMs + contours)")
@@ -147,7 +151,7 @@ def create_pipeline(
         custom_config=transform_config or {})
     transform.add_upstream_node(data_gate)
 
-    trainer = tfx.components.Trainer(
+    trainer_args = dict(
         run_fn=configs.RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
@@ -155,6 +159,10 @@ def create_pipeline(
         train_args=train_args if train_args is not None else build_train_args(train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=None),
         custom_config=training_config or configs.training_custom_config())
+    if training_job is None:
+        trainer = tfx.components.Trainer(**trainer_args)
+    else:  # same task name, so resources, run reports and lineage find it alike
+        trainer = JobTrainer(training_job, **trainer_args).with_id("Trainer")
 
     # The baseline is the model being served now (newest version under serving_model_dir),
     # not TFX's latest-blessed-model Resolver: open-source Kubeflow Pipelines cannot run

@@ -32,6 +32,16 @@ def test_last_json_object_skips_other_output():
         common.last_json_object("no object here\n")
 
 
+def test_multi_worker_step_time_is_read_from_the_last_epoch():
+    from benchmarks import multi_worker_training
+
+    log = ("Epoch 1/2\n20/20 - 9s - loss: 1.0 - dice: 0.2 - 9s/epoch - 451ms/step\nEpoch 2/2\n"
+           "I1207 noise 5ms/step\n20/20 - 6s - loss: 0.5 - dice: 0.6 - 6s/epoch - 301ms/step\n")
+    assert multi_worker_training.steady_step_ms(log) == 301.0
+    with pytest.raises(RuntimeError, match="no epoch line"):
+        multi_worker_training.steady_step_ms("Epoch 1/2\n")
+
+
 def test_percentiles_and_ratio():
     summary = common.percentiles_ms([0.001] * 98 + [0.010, 0.020])
     assert summary["p50"] == 1.0 and summary["n"] == 100 and summary["p99"] > summary["p90"]

@@ -324,6 +324,104 @@ def test_vertex_gpus_are_gpu_models(vertex_spec):
         "type": resources.VERTEX_DEFAULT_GPU, "count": "1"}
 
 
+VERTEX_JOB_OPTIONS = ["--target", "vertex", "--trainer-replicas", "4",
+                      "--trainer-machine-type", "g2-standard-24", "--trainer-gpus", "2",
+                      "--gpu-type", "NVIDIA_L4", "--project", "proj", "--region", "europe-west4"]
+
+
+@pytest.fixture(scope="module")
+def vertex_job_spec(tmp_path_factory, no_network):
+    return _load(_compile(tmp_path_factory.mktemp("vertex_job") / "lv.json", *VERTEX_JOB_OPTIONS))
+
+
+def test_vertex_training_job_settings_are_in_the_trainer_task(vertex_job_spec):
+    """--trainer-replicas: the Trainer task runs TFX's Vertex AI training executor (through
+    components.training_jobs.Executor) with the custom job as a parameter; what that
+    executor makes of it is tests/test_multi_worker_training.py's."""
+    from components import vertex_training
+
+    spec, _, _ = vertex_job_spec
+    task = json_format.MessageToDict(spec.root.dag.tasks["Trainer"])
+    job = json.loads(task["inputs"]["parameters"]["training_job"]["runtimeValue"]["constant"])
+    assert job.pop("backend") == "vertex"
+    assert job == {"project": "proj", "region": "europe-west4", "image": IMAGE, "replicas": 4,
+                   "machine_type": "g2-standard-24", "accelerator_type": "NVIDIA_L4",
+                   "accelerator_count": 2}
+    pools = vertex_training.VertexTrainingJob(**job).worker_pool_specs()
+    assert [pool["replica_count"] for pool in pools] == [1, 3]  # the chief, then the workers
+    assert {json.dumps(pool["machine_spec"], sort_keys=True) for pool in pools} == {json.dumps(
+        {"machine_type": "g2-standard-24", "accelerator_type": "NVIDIA_L4",
+         "accelerator_count": 2}, sort_keys=True)}
+    # The training settings stay the run-time parameter a run can override.
+    assert task["inputs"]["parameters"]["custom_config"] == {
+        "componentInputParameter": configs.TRAINING_CONFIG_PARAMETER}
+    container = _executor(spec, "Trainer")["container"]
+    assert container["args"][container["args"].index("--executor_class_path") + 1] == (
+        "components.training_jobs.Executor")
+    # The task only waits for the job: the GPUs are on the job's machines, not on it.
+    assert "resources" not in container
+
+
+def test_kfp_training_job_is_a_tfjob_with_the_trainer_resources(tmp_path, no_network):
+    spec, platform, _ = _load(_compile(
+        tmp_path / "lv.yaml", "--trainer-replicas", "3", "--trainer-cpus", "8",
+        "--trainer-memory-gb", "30", "--trainer-gpus", "1",
+        "--trainer-node-selector", "cloud.google.com/gke-accelerator=nvidia-l4",
+        "--trainer-namespace", "team-cardiac"))
+    task = json_format.MessageToDict(spec.root.dag.tasks["Trainer"])
+    job = json.loads(task["inputs"]["parameters"]["training_job"]["runtimeValue"]["constant"])
+    assert job["backend"] == "tfjob" and job["replicas"] == 3 and job["image"] == IMAGE
+    assert (job["cpus"], job["memory_gb"], job["gpus"], job["gpu_resource"]) == (
+        8, 30, 1, resources.KUBERNETES_GPU)
+    assert job["namespace"] == "team-cardiac"
+    assert job["node_selector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert job["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    # The pods get the resources; the waiting task gets none and no platform config.
+    assert "resources" not in _executor(spec, "Trainer")["container"]
+    assert platform is None
+
+
+def test_without_replicas_the_trainer_trains_in_its_own_task(vertex_spec):
+    spec, _, _ = vertex_spec
+    container = _executor(spec, "Trainer")["container"]
+    assert container["args"][container["args"].index("--executor_class_path") + 1] == (
+        "tfx.components.trainer.executor.GenericExecutor")
+
+
+def test_the_tfjob_rbac_manifest_allows_what_the_trainer_task_calls():
+    """kubeflow/tfjob-rbac.yaml: create and get on tfjobs.kubeflow.org, what
+    components.tfjob_training calls (create_namespaced_custom_object, then
+    get_namespaced_custom_object)."""
+    from components import tfjob_training
+
+    with open(os.path.join(REPO_ROOT, "kubeflow", "tfjob-rbac.yaml")) as f:
+        role, binding = yaml.safe_load_all(f)
+    (rule,) = role["rules"]
+    assert rule["apiGroups"] == [tfjob_training.GROUP]
+    assert rule["resources"] == [tfjob_training.PLURAL]
+    assert {"create", "get"} <= set(rule["verbs"])
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--trainer-machine-type", "n1-standard-8"], "--trainer-machine-type is Vertex AI's"),
+    (["--trainer-namespace", "team"], "needs --trainer-replicas 2 or more"),
+    (["--target", "vertex", "--trainer-replicas", "2", "--region", "r"], "needs --project"),
+    (["--target", "vertex", "--trainer-replicas", "2", "--project", "p", "--region", "r",
+      "--trainer-cpus", "8"], "--trainer-machine-type"),
+    (["--target", "vertex", "--trainer-replicas", "2", "--project", "p", "--region", "r",
+      "--trainer-gpus", "1", "--gpu-type", "nvidia.com/gpu"], "no accelerator type"),
+    (["--target", "vertex", "--trainer-replicas", "0"], "at least 1"),
+])
+def test_bad_training_job_options_are_refused(tmp_path, options, message):
+    output = tmp_path / ("lv.json" if "vertex" in options else "lv.yaml")
+    with pytest.raises(ValueError) as error:
+        _compile(output, *options)
+    assert message in str(error.value)
+
+
 @pytest.mark.parametrize("options, message", [
     (["--target", "vertex", "--trainer-node-selector", "a=b"], "exist only on Kubernetes"),
     (["--data-cpus", "-1"], "must not be negative"),

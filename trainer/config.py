@@ -65,6 +65,10 @@ class AugmentConfig:
 
 
 
+# custom_config keys that TFX's Google Cloud extensions read (components/vertex_training.py).
+TFX_EXTENSION_KEY_PREFIX = "ai_platform_"
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
     """The Trainer's hyperparameters, passed as the component's ``custom_config``.
@@ -103,7 +107,11 @@ class TrainingConfig:
 
     @classmethod
     def from_custom_config(cls, custom_config: Optional[dict]) -> "TrainingConfig":
-        custom_config = dict(custom_config or {})
+        """The settings in the Trainer's ``custom_config``. Keys of TFX's Vertex AI training
+        extension (``ai_platform_*``, the custom job that runs the Trainer), which it passes on to
+        every replica, are not training settings and are skipped."""
+        custom_config = {key: value for key, value in (custom_config or {}).items()
+                         if not key.startswith(TFX_EXTENSION_KEY_PREFIX)}
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(custom_config) - known)
         if unknown:

@@ -68,14 +68,19 @@ def dice_per_image(labels, predictions) -> tf.Tensor:
     return (2.0 * intersection + SMOOTH) / (total + SMOOTH)
 
 
-def soft_dice_loss(labels, logits) -> tf.Tensor:
-    """1 - soft Dice of the LV probability, per image, averaged: a differentiable training loss."""
+def soft_dice_loss_per_image(labels, logits) -> tf.Tensor:
+    """1 - soft Dice of the LV probability, of each image ``[B]``: a differentiable loss."""
     label_mask = _as_label_mask(labels)
     probability = tf.reshape(lv_probability(logits),
                              [-1, records.IMAGE_SIZE, records.IMAGE_SIZE])
     intersection = tf.reduce_sum(label_mask * probability, axis=[1, 2])
     total = tf.reduce_sum(label_mask, axis=[1, 2]) + tf.reduce_sum(probability, axis=[1, 2])
-    return 1.0 - tf.reduce_mean((2.0 * intersection + SMOOTH) / (total + SMOOTH))
+    return 1.0 - (2.0 * intersection + SMOOTH) / (total + SMOOTH)
+
+
+def soft_dice_loss(labels, logits) -> tf.Tensor:
+    """:func:`soft_dice_loss_per_image` averaged over the images."""
+    return tf.reduce_mean(soft_dice_loss_per_image(labels, logits))
 
 
 class PerImageMean(tf.keras.metrics.Metric):

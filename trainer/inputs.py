@@ -1,6 +1,16 @@
 """The Trainer's input: (image, label) batches from the Transform's output, and the generated
-slices mixed into training (through the same transform graph as the data)."""
-from typing import Optional
+slices mixed into training (through the same transform graph as the data).
+
+Several workers (``trainer.training``): for training, each worker's input pipeline keeps every
+n-th example (:class:`Shard`) before caching, shuffling and augmentation, so the workers read
+disjoint parts, each augments only its own, and the shards differ by at most one example
+whatever the number of files; TensorFlow's auto-sharding is off there. (Its FILE policy would
+leave workers idle or fail, as the Transform writes a split to as few as one file; its DATA
+policy would make every worker augment every example and drop all but its own.) The eval split,
+read once per epoch without augmentation, is auto-sharded by DATA: Keras then evaluates the
+whole split, every example once, whatever its size.
+"""
+from typing import NamedTuple, Optional
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -11,6 +21,23 @@ from dataset import records, synthetic_data
 from trainer import augment as augmentation
 from trainer import preprocessing
 from trainer.config import TrainingConfig
+
+
+class Shard(NamedTuple):
+    """Input pipeline ``index`` of ``count`` keeps examples ``index``, ``index + count``, ..."""
+
+    count: int = 1
+    index: int = 0
+
+    def apply(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        return dataset if self.count == 1 else dataset.shard(self.count, self.index)
+
+
+def with_auto_shard(dataset: tf.data.Dataset,
+                    policy: tf.data.experimental.AutoShardPolicy) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = policy
+    return dataset.with_options(options)
 
 
 def synthetic_slices(config: TrainingConfig) -> list:
@@ -42,12 +69,14 @@ def synthetic_examples(config: TrainingConfig, tf_transform_output: tft.TFTransf
 
 
 def input_dataset(file_pattern, data_accessor, tf_transform_output: tft.TFTransformOutput,
-                  config: TrainingConfig, batch_size: int, training: bool) -> tf.data.Dataset:
-    """(image, label) batches from transformed examples.
+                  config: TrainingConfig, batch_size: int, training: bool,
+                  shard: Shard = Shard()) -> tf.data.Dataset:
+    """(image, label) batches of ``batch_size`` from the transformed examples.
 
     The split is parsed once and cached in memory (the lab-sized set is ~200 MB as float32), then
-    shuffled, repeated and augmented for training; the eval split is read once per epoch. With
-    ``config.synthetic_mix`` > 0, that share of training examples is drawn from generated slices.
+    for training: ``shard`` of it shuffled, repeated and augmented; with ``config.synthetic_mix``
+    > 0, that share of training examples is drawn from generated slices (sharded alike). The eval
+    split is read once per epoch, whole (a distribution strategy shards it by DATA).
     """
     dataset = data_accessor.tf_dataset_factory(
         file_pattern,
@@ -56,9 +85,13 @@ def input_dataset(file_pattern, data_accessor, tf_transform_output: tft.TFTransf
         tf_transform_output.transformed_metadata.schema)
     dataset = dataset.map(lambda features, label: (features[preprocessing.IMAGE_FEATURE], label))
     if not training:
-        return dataset.cache().prefetch(tf.data.AUTOTUNE)
-    generated = synthetic_examples(config, tf_transform_output) if config.synthetic_mix else None
-    return training_batches(dataset.unbatch(), generated, config, batch_size)
+        return with_auto_shard(dataset.cache().prefetch(tf.data.AUTOTUNE),
+                               tf.data.experimental.AutoShardPolicy.DATA)
+    generated = (shard.apply(synthetic_examples(config, tf_transform_output))
+                 if config.synthetic_mix else None)
+    return with_auto_shard(
+        training_batches(shard.apply(dataset.unbatch()), generated, config, batch_size),
+        tf.data.experimental.AutoShardPolicy.OFF)
 
 
 def training_batches(examples: tf.data.Dataset, generated: Optional[tf.data.Dataset],

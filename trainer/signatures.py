@@ -95,7 +95,7 @@ def parse_labelled_examples(examples, labelled_spec: dict):
 
 def build_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransformOutput,
                      test_time_flips: bool = False) -> dict:
-    """The signatures above, as concrete functions for ``model.save(signatures=...)``;
+    """The signatures above, as functions with input signatures for ``model.save(signatures=...)``;
     ``test_time_flips`` bakes flip averaging (:mod:`trainer.tta`) into the prediction ones."""
     # Tracked as an attribute so the transform graph's assets are saved with the model.
     model.tft_layer = tf_transform_output.transform_features_layer()
@@ -123,8 +123,11 @@ def build_signatures(model: tf.keras.Model, tf_transform_output: tft.TFTransform
         transformed.update(evaluation_features(transformed[preprocessing.LABEL_FEATURE], spacing))
         return transformed
 
+    # The functions themselves, not their concrete functions: TensorFlow cannot save a concrete
+    # function that reads a distributed (multi-worker) model's variables, but traces these
+    # (each has an input signature) itself when saving.
     return {
-        SERVING_DEFAULT: serve_examples.get_concrete_function(),
-        SERVING_RAW_IMAGE: serve_raw_image.get_concrete_function(),
-        TRANSFORM_FEATURES: transform_features.get_concrete_function(),
+        SERVING_DEFAULT: serve_examples,
+        SERVING_RAW_IMAGE: serve_raw_image,
+        TRANSFORM_FEATURES: transform_features,
     }
