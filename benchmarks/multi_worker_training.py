@@ -17,6 +17,7 @@ all-reduce of every gradient between the processes), not a speed-up a cluster wo
 import argparse
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -79,11 +80,11 @@ def main() -> int:
         two = run(inputs, os.path.join(work, "two"),
                   training_cluster.vertex_tf_configs(training_cluster.free_ports(2)),
                   args.steps, args.batch_size)
+    shutil.rmtree(work, ignore_errors=True)
     common.emit({
         "machine": common.machine(), "steps": args.steps, "global_batch_size": args.batch_size,
         "one_process": one, "two_workers": two,
         "two_over_one_step_time": common.ratio(two["steady_step_ms"], one["steady_step_ms"]),
-        "work_dir": work,
     })
     return 0
 
