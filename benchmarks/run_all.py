@@ -7,7 +7,8 @@ Order: ``cli_startup``, ``data_stages`` (its single-process Transform outputs ar
 the next two), ``training_throughput``, ``input_pipeline``, ``serving_latency``, ``model_flops``,
 ``pipeline_stages`` (its default-run projection uses the Trainer's steady step time measured by
 ``training_throughput``), ``multi_worker_training`` (one process against a chief and a
-worker). Each script runs in its own process; its stderr goes to
+worker), ``postprocess_batches`` (the served mask's post-processing, one image against 32).
+Each script runs in its own process; its stderr goes to
 ``<out>/<name>.log``, its JSON into the combined object under ``results``, and ``summary`` holds
 the headline figures: each a ratio against the plain way of doing the same work, measured in the
 same run, plus the goals of issue 9. The combined object is also written to
@@ -29,7 +30,7 @@ from benchmarks import common  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALL = ("cli_startup", "data_stages", "training_throughput", "input_pipeline", "serving_latency",
-       "model_flops", "pipeline_stages", "multi_worker_training")
+       "model_flops", "pipeline_stages", "multi_worker_training", "postprocess_batches")
 
 
 def _sizes(quick: bool) -> Dict[str, List[str]]:
@@ -45,6 +46,7 @@ def _sizes(quick: bool) -> Dict[str, List[str]]:
             "model_flops": ["--steps", "1", "--matmul-size", "512", "--matmul-repeats", "2"],
             "pipeline_stages": ["--train-steps", "2", "--epochs", "1"],
             "multi_worker_training": ["--steps", "4"],
+            "postprocess_batches": ["--repeats", "1"],
         }
     return {
         "cli_startup": ["--runs", "5"],
@@ -56,6 +58,7 @@ def _sizes(quick: bool) -> Dict[str, List[str]]:
         "model_flops": ["--steps", "4", "--matmul-size", "2048", "--matmul-repeats", "8"],
         "pipeline_stages": ["--train-steps", "6", "--epochs", "1"],
         "multi_worker_training": ["--steps", "40"],
+        "postprocess_batches": ["--repeats", "15"],
     }
 
 
@@ -157,6 +160,11 @@ def summarise(results: Dict[str, dict]) -> Dict[str, object]:
             "steady_steps_per_s": {side: workers[side]["steady_steps_per_s"]
                                    for side in ("one_process", "two_workers")},
             "two_over_one_step_time": workers["two_over_one_step_time"]}
+    postprocess = results.get("postprocess_batches")
+    if postprocess:
+        summary["postprocess_batch_over_single"] = {
+            case: figures["batch_over_single"] for case, figures in postprocess.items()
+            if isinstance(figures, dict) and "batch_over_single" in figures}
     flops = results.get("model_flops")
     if flops:
         peak = flops["machine_peak"]["gflops_per_s"]

@@ -40,6 +40,30 @@ def test_connected_regions_match_scipy_8_connectivity():
         assert len({(labels[i], ids[i]) for i in zip(*np.nonzero(mask))}) == count
 
 
+def snake(rows=40, width=40):
+    """A one-pixel path winding down ``rows`` rows: its region needs ~rows x width / 2 labelling
+    steps, against a few dozen for an LV-sized disk."""
+    mask = np.zeros((SIZE, SIZE), bool)
+    for row in range(4, 4 + rows, 2):
+        mask[row, 4:4 + width] = True
+        column = 4 + width - 1 if (row // 2) % 2 == 0 else 4
+        mask[row + 1, column] = row + 2 < 4 + rows
+    return mask
+
+
+def test_a_batch_labels_each_image_as_alone_however_long_each_takes():
+    """Each image stops when it has converged, while the others go on: a batch of a slow
+    image (the snake), quick ones and an empty one gives what each image alone gives."""
+    masks = np.stack([disk(60, 60, 12), snake(), np.zeros((SIZE, SIZE), bool),
+                      disk(200, 40, 3) | disk(100, 150, 30)] + list(random_masks(4)))
+    batch = postprocess.connected_regions(tf.constant(masks)).numpy()
+    for index, mask in enumerate(masks):
+        alone = postprocess.connected_regions(tf.constant(mask[None])).numpy()[0]
+        np.testing.assert_array_equal(batch[index], alone, err_msg=f"image {index}")
+    assert len(np.unique(batch[1])) == 2  # the snake is one region
+    assert batch[2].max() == 0
+
+
 def test_diagonal_neighbours_are_one_region():
     mask = np.zeros((1, SIZE, SIZE), bool)
     mask[0, 10, 10] = mask[0, 11, 11] = mask[0, 12, 12] = True

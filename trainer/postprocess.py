@@ -49,17 +49,31 @@ def _neighbourhood_max(x: tf.Tensor) -> tf.Tensor:
 
 
 def _iterate_to_fixpoint(step, state: tf.Tensor) -> tf.Tensor:
-    """Applies ``step`` until ``state`` stops changing (checked every few steps)."""
+    """Applies ``step`` to each image of ``state`` ``[N, H, W]`` until that image stops changing
+    (checked every few steps). Only the images still changing are stepped: a batch costs the sum
+    of its images' steps, not its slowest image's steps times the batch size."""
 
-    def body(current, _):
-        updated = current
+    def body(active, indices, done):
+        updated = active
         for _ in range(_STEPS_PER_CHECK):
             updated = step(updated)
-        return updated, tf.reduce_any(tf.not_equal(updated, current))
+        changed = tf.reduce_any(tf.not_equal(updated, active), axis=[1, 2])
 
-    state, _ = tf.while_loop(lambda _, changed: changed, body, (state, tf.constant(True)),
-                             maximum_iterations=records.NUM_PIXELS)
-    return state
+        def retire():  # only when an image has converged: copies cost as much as steps
+            finished = tf.logical_not(changed)
+            return (tf.boolean_mask(updated, changed), tf.boolean_mask(indices, changed),
+                    tf.tensor_scatter_nd_update(done, tf.boolean_mask(indices, finished)[:, None],
+                                                tf.boolean_mask(updated, finished)))
+
+        return tf.cond(tf.reduce_all(changed), lambda: (updated, indices, done), retire)
+
+    _, _, done = tf.while_loop(
+        lambda active, indices, done: tf.size(indices) > 0, body,
+        (state, tf.range(tf.shape(state)[0]), state),
+        shape_invariants=(tf.TensorShape([None]).concatenate(state.shape[1:]),
+                          tf.TensorShape([None]), state.shape),
+        maximum_iterations=records.NUM_PIXELS)
+    return done
 
 
 def connected_regions(mask: tf.Tensor) -> tf.Tensor:
@@ -71,7 +85,8 @@ def connected_regions(mask: tf.Tensor) -> tf.Tensor:
                      [1, shape[1], shape[2]])
 
     def spread(current):
-        return _neighbourhood_max(current) * mask
+        # The mask is where the ids are: every id is >= 1 and only grows.
+        return _neighbourhood_max(current) * tf.cast(current > 0, tf.float32)
 
     return _iterate_to_fixpoint(spread, mask * ids)
 
