@@ -23,7 +23,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc)
 
 from serving import config as serving_config
-from serving import payloads
+from serving import inference, payloads
 from serving.versions import VersionStatus
 
 from serving.config import DEFAULT_TIMEOUT_S  # noqa: E402
@@ -239,8 +239,9 @@ class ServingClient(ModelClient):
         """One Predict call with the given input tensors; returns (outputs, response model_spec).
 
         The lowest level: no conversion of the inputs, so any tensor can be sent. Outputs are
-        decoded with ``tf.make_ndarray``, whichever encoding the server chose (TF Serving's
-        typed fields such as ``float_val``, or ``tensor_content``).
+        decoded whichever encoding the server chose (TF Serving's typed fields such as
+        ``float_val``, or ``tensor_content``): ``serving.inference.ndarray``, which is
+        ``tf.make_ndarray`` reading packed fields from their wire bytes.
         """
         import tensorflow as tf
 
@@ -250,7 +251,7 @@ class ServingClient(ModelClient):
             request.inputs[alias].CopyFrom(tf.make_tensor_proto(value))
         request.output_filter.extend(output_filter)
         response = self._call("Predict", self._prediction.Predict, request)
-        outputs = {alias: tf.make_ndarray(proto) for alias, proto in response.outputs.items()}
+        outputs = {alias: inference.ndarray(proto) for alias, proto in response.outputs.items()}
         return outputs, response.model_spec
 
     def model_status(self) -> List[VersionStatus]:

@@ -240,3 +240,59 @@ def tensor_proto(array: np.ndarray, encoding: str = AS_PROTO_FIELD):
     for size in array.shape:
         proto.tensor_shape.dim.add(size=size)
     return proto
+
+
+def _read_varint(data: memoryview, position: int) -> Tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+
+
+def _packed_payload(proto, field: str) -> Optional[bytes]:
+    """The bytes of the packed repeated ``field`` in ``proto``'s wire form, None if absent."""
+    number = proto.DESCRIPTOR.fields_by_name[field].number
+    data = memoryview(proto.SerializeToString())
+    position, chunks = 0, []
+    while position < len(data):
+        key, position = _read_varint(data, position)
+        wire_type = key & 7
+        if wire_type == 2:  # length-delimited
+            length, position = _read_varint(data, position)
+            if key >> 3 == number:
+                chunks.append(data[position:position + length])
+            position += length
+        elif wire_type == 0:
+            _, position = _read_varint(data, position)
+        elif wire_type in (1, 5):  # fixed 64 / 32 bits
+            position += 8 if wire_type == 1 else 4
+        else:
+            return None
+    return b"".join(chunks) if chunks else None
+
+
+def ndarray(proto) -> np.ndarray:
+    """A TensorProto as a numpy array, whichever encoding it uses: ``tf.make_ndarray``'s answer,
+    but reading the typed fields :func:`tensor_proto` writes (floats; small non-negative
+    integers) from their wire bytes, ~100x faster than element by element for a 256x256 image
+    (TF Serving answers in those fields by default)."""
+    import tensorflow as tf
+
+    shape = [dim.size for dim in proto.tensor_shape.dim]
+    size = int(np.prod(shape)) if shape else 1
+    dtype = tf.dtypes.as_dtype(proto.dtype).as_numpy_dtype if proto.dtype else None
+    field = _FIELD_OF_DTYPE.get(np.dtype(dtype))[0] if dtype is not None and \
+        np.dtype(dtype) in _FIELD_OF_DTYPE else None
+    if not proto.tensor_content and field and len(getattr(proto, field)) == size:
+        payload = _packed_payload(proto, field)
+        if payload is not None:
+            if field in _PACKED_FIXED and len(payload) == size * np.dtype(
+                    _PACKED_FIXED[field]).itemsize:
+                return np.frombuffer(payload, _PACKED_FIXED[field]).astype(dtype).reshape(shape)
+            if field in _VARINT_FIELDS and len(payload) == size:  # one byte each: all < 128
+                return np.frombuffer(payload, np.uint8).astype(dtype).reshape(shape)
+    return tf.make_ndarray(proto)
