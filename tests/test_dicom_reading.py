@@ -6,33 +6,15 @@ import io
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from dataset import dicom, records, sunnybrook
 from serving import predict
+from tests import dicom_files
 
 
-def _write_dicom(path, stored, slope=None, intercept=None, spacing=(1.25, 1.25)):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = pydicom.Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID, dataset.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "MR"
-    dataset.InstanceNumber = 7
-    dataset.Rows, dataset.Columns = stored.shape
-    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
-    dataset.BitsAllocated = dataset.BitsStored = 16
-    dataset.HighBit, dataset.PixelRepresentation = 15, 0
-    dataset.PixelSpacing = list(spacing)
-    if slope is not None:
-        dataset.RescaleSlope, dataset.RescaleIntercept = slope, intercept
-    dataset.PixelData = stored.astype(np.uint16).tobytes()
-    dataset.save_as(str(path), enforce_file_format=True)
-    return str(path)
+def _write_dicom(path, stored, slope=None, intercept=None):
+    return dicom_files.write_mr_dicom(path, stored, slope=slope, intercept=intercept,
+                                      instance_number=7)
 
 
 def _contour(path, centre, radius=20):

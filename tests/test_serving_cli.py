@@ -8,16 +8,14 @@ import subprocess
 import sys
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from components import atomic_pusher
 from pipeline import configs
 from serving import cli, client, models_config, predict
 from dataset import records
+from tests import dicom_files
 
 SPACING_MM = (1.25, 1.5)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,24 +27,8 @@ def _parse(argv):
     return parser.parse_args(argv)
 
 
-def _write_dicom(path, pixels=None, spacing=SPACING_MM):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = pydicom.Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID, dataset.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "MR"
-    if pixels is not None:
-        dataset.Rows, dataset.Columns = pixels.shape
-        dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
-        dataset.BitsAllocated = dataset.BitsStored = 16
-        dataset.HighBit, dataset.PixelRepresentation = 15, 0
-        dataset.PixelSpacing = list(spacing)
-        dataset.PixelData = pixels.astype(np.uint16).tobytes()
-    dataset.save_as(str(path), enforce_file_format=True)
-    return str(path)
+def _write_dicom(path, pixels=None):
+    return dicom_files.write_mr_dicom(path, pixels, spacing=SPACING_MM)
 
 
 @pytest.fixture(scope="module")
