@@ -1,6 +1,6 @@
 """Leave-one-patient-out Dice on real Sunnybrook patients, through the whole pipeline.
 
-    .venv/bin/python benchmarks/lopo_sunnybrook.py [--subset ../shared/data/sunnybrook-subset]
+    .venv/bin/python benchmarks/lopo_sunnybrook.py [--subset data/sunnybrook-subset]
         [any training option of `lvseg run`: --train-steps, --seed, --ensemble-size, ...]
         [--work-dir DIR] [--patients ID ...]
 
@@ -12,11 +12,17 @@ that patient's slices the eval split (lab-schema TFRecords written with dataset.
 then ``lvseg run`` runs the real pipeline on them (ExampleGen ... Trainer, with generated slices
 mixed into training, ... Evaluator) and the Evaluator's Dice is read from ML Metadata. Each fold
 is a fresh pipeline root, so no fold sees another's model. Prints one JSON object: Dice per
-patient, the mean, and the wall and CPU seconds of each fold (the pipeline's process tree).
+patient, the mean, the wall and CPU seconds of each fold (the pipeline's process tree) and of its
+Trainer (the line ``trainer.model.run_fn`` prints), and the pushed model re-scored on the held-out
+slices through its ``serving_raw_image`` signature, as served and with its LV probability averaged
+over the four flips of each image (what ``--test-time-flips`` bakes in), so one trained network
+says what flip averaging buys it.
 """
 import argparse
+import glob
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -25,11 +31,14 @@ import time
 
 from trainer import tf_env  # noqa: F401  (before TensorFlow)
 
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
 from dataset import records, sunnybrook  # noqa: E402
 from pipeline import configs, options, run_summary  # noqa: E402
+from trainer import config as trainer_config, dice, model, postprocess  # noqa: E402
 
-DEFAULT_SUBSET = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "shared", "data", "sunnybrook-subset")
+DEFAULT_SUBSET = configs.BUNDLED_SUBSET
 
 
 def labelled_slices(subset: str):
@@ -53,6 +62,48 @@ def write_fold(slices, eval_patient: str, data_root: str) -> dict:
     return counts
 
 
+def trainer_cost(log_text: str) -> dict:
+    """The Trainer's wall and CPU seconds, from the line ``run_fn`` prints."""
+    match = re.search(re.escape(model.TRAINING_COST_PREFIX) + r".* in (\d+) s, (\d+) CPU-s",
+                      log_text)
+    if not match:
+        raise RuntimeError("no training cost line in the run's log")
+    return {"trainer_wall_s": int(match.group(1)), "trainer_cpu_s": int(match.group(2))}
+
+
+_FLIPS = ((False, False), (False, True), (True, False), (True, True))
+
+
+def _flip(images: np.ndarray, rows: bool, columns: bool) -> np.ndarray:
+    return images[:, ::-1 if rows else 1, ::-1 if columns else 1]
+
+
+def rescore(model_dir: str, eval_slices) -> dict:
+    """Dice of the pushed model on ``eval_slices`` through ``serving_raw_image``: its served mask,
+    and the served post-processing of its probability averaged over the four flips."""
+    predict = tf.saved_model.load(model_dir).signatures[trainer_config.SERVING_RAW_IMAGE]
+    images = np.stack([s.image for s in eval_slices]).astype(np.int64)
+    labels = np.stack([s.mask for s in eval_slices])
+    served = predict(image=tf.constant(images))
+    averaged = np.mean([_flip(predict(image=tf.constant(np.ascontiguousarray(
+        _flip(images, *view))))[trainer_config.PROBABILITIES_OUTPUT].numpy(), *view)
+        for view in _FLIPS], axis=0)
+    flipped_mask = postprocess.lv_mask(tf.constant(averaged, tf.float32))
+    return {"served_dice": round(float(np.mean(dice.dice_per_image(
+                labels, served[trainer_config.MASK_OUTPUT]))), 4),
+            "flip_averaged_dice": round(float(np.mean(dice.dice_per_image(
+                labels, flipped_mask))), 4)}
+
+
+def pushed_model_dir(output_root: str) -> str:
+    serving_dir = configs.serving_model_dir(output_root)
+    versions = [path for path in glob.glob(os.path.join(serving_dir, "*"))
+                if os.path.basename(path).isdigit()]
+    if not versions:
+        raise RuntimeError(f"no model pushed under {output_root}")
+    return max(versions, key=lambda path: int(os.path.basename(path)))
+
+
 def run_fold(data_root: str, output_root: str, train_steps: int, training: dict) -> dict:
     command = [os.path.join(os.path.dirname(sys.executable), "lvseg"), "run",
                "--data-root", data_root, "--output-root", output_root, "--min-dice", "0",
@@ -69,8 +120,10 @@ def run_fold(data_root: str, output_root: str, train_steps: int, training: dict)
     summary = run_summary.read_run_summary(
         configs.metadata_path(output_root), configs.PIPELINE_NAME)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    with open(log_path) as log:
+        cost = trainer_cost(log.read())
     return {"dice": round(summary.eval_dice, 4), "wall_s": round(time.time() - started),
-            "cpu_s": round(cpu)}
+            "cpu_s": round(cpu), **cost}
 
 
 def main(argv=None) -> int:
@@ -93,9 +146,12 @@ def main(argv=None) -> int:
         counts = write_fold(slices, patient, os.path.join(fold_dir, "data"))
         print(f"fold {patient}: {counts['train']} train / {counts['eval']} eval slices",
               file=sys.stderr, flush=True)
-        folds[patient] = dict(run_fold(os.path.join(fold_dir, "data"),
-                                       os.path.join(fold_dir, "outputs"), train_steps, training),
+        output_root = os.path.join(fold_dir, "outputs")
+        folds[patient] = dict(run_fold(os.path.join(fold_dir, "data"), output_root,
+                                       train_steps, training),
                               train_slices=counts["train"], eval_slices=counts["eval"])
+        folds[patient].update(rescore(pushed_model_dir(output_root),
+                                      [s for s in slices if s.patient_id == patient]))
         print(f"fold {patient}: {json.dumps(folds[patient])}", file=sys.stderr, flush=True)
     dices = [fold["dice"] for fold in folds.values()]
     print(json.dumps({
@@ -106,7 +162,10 @@ def main(argv=None) -> int:
         "skipped": ingest["skipped"],
         "folds": folds,
         "mean_dice": round(sum(dices) / len(dices), 4),
+        "mean_flip_averaged_dice": round(float(np.mean(
+            [fold["flip_averaged_dice"] for fold in folds.values()])), 4),
         "cpu_s_total": sum(fold["cpu_s"] for fold in folds.values()),
+        "trainer_cpu_s_total": sum(fold["trainer_cpu_s"] for fold in folds.values()),
         "work_dir": work_dir,
     }, indent=2))
     return 0

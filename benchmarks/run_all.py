@@ -7,7 +7,9 @@ Order: ``cli_startup``, ``data_stages`` (its single-process Transform outputs ar
 the next two), ``training_throughput``, ``input_pipeline``, ``serving_latency``, ``model_flops``,
 ``pipeline_stages`` (its default-run projection uses the Trainer's steady step time measured by
 ``training_throughput``), ``multi_worker_training`` (one process against a chief and a
-worker), ``postprocess_batches`` (the served mask's post-processing, one image against 32).
+worker), ``postprocess_batches`` (the served mask's post-processing, one image against 32),
+``serving_pushed_model`` (``serving_latency`` on the newest model ``make run`` pushed, under
+``--pushed-models``; skipped, and said, when there is none).
 Each script runs in its own process; its stderr goes to
 ``<out>/<name>.log``, its JSON into the combined object under ``results``, and ``summary`` holds
 the headline figures: each a ratio against the plain way of doing the same work, measured in the
@@ -30,7 +32,10 @@ from benchmarks import common  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALL = ("cli_startup", "data_stages", "training_throughput", "input_pipeline", "serving_latency",
-       "model_flops", "pipeline_stages", "multi_worker_training", "postprocess_batches")
+       "model_flops", "pipeline_stages", "multi_worker_training", "postprocess_batches",
+       "serving_pushed_model")
+# Entries that run another entry's script with other arguments.
+SCRIPTS = {"serving_pushed_model": "serving_latency"}
 
 
 def _sizes(quick: bool) -> Dict[str, List[str]]:
@@ -47,6 +52,8 @@ def _sizes(quick: bool) -> Dict[str, List[str]]:
             "pipeline_stages": ["--train-steps", "2", "--epochs", "1"],
             "multi_worker_training": ["--steps", "4"],
             "postprocess_batches": ["--repeats", "1"],
+            "serving_pushed_model": ["--requests", "10", "--grid-batches", "1", "32",
+                                     "--grid-clients", "1", "--grid-images", "32"],
         }
     return {
         "cli_startup": ["--runs", "5"],
@@ -59,11 +66,14 @@ def _sizes(quick: bool) -> Dict[str, List[str]]:
         "pipeline_stages": ["--train-steps", "6", "--epochs", "1"],
         "multi_worker_training": ["--steps", "40"],
         "postprocess_batches": ["--repeats", "15"],
+        "serving_pushed_model": ["--requests", "100", "--grid-batches", "1", "32",
+                                 "--grid-clients", "1", "--grid-images", "64"],
     }
 
 
 def run_script(name: str, arguments: List[str], log_path: str) -> Dict[str, object]:
-    command = [sys.executable, os.path.join(HERE, f"{name}.py")] + arguments
+    script = SCRIPTS.get(name, name)
+    command = [sys.executable, os.path.join(HERE, f"{script}.py")] + arguments
     print(f"[bench] {name}: {' '.join(arguments)} (log: {log_path})", file=sys.stderr, flush=True)
     started = time.perf_counter()
     with open(log_path, "w") as log:
@@ -76,6 +86,11 @@ def run_script(name: str, arguments: List[str], log_path: str) -> Dict[str, obje
     result = common.last_json_object(completed.stdout)
     print(f"[bench] {name}: done in {seconds} s", file=sys.stderr, flush=True)
     return {"seconds": seconds, "result": result}
+
+
+def _has_version(model_base_path: str) -> bool:
+    return os.path.isdir(model_base_path) and any(
+        name.isdigit() for name in os.listdir(model_base_path))
 
 
 def _get(mapping, *keys, default=None):
@@ -133,6 +148,19 @@ def summarise(results: Dict[str, dict]) -> Dict[str, object]:
                 "best_grpc_images_per_s": result["best_grpc_images_per_s"],
                 "goals_met": serving["goals_met"].get(net),
             }
+    pushed = results.get("serving_pushed_model")
+    if pushed:
+        (result,) = pushed["nets"].values()
+        summary["serving_pushed_model"] = {
+            "model": result["model"], "version": result["version"],
+            "p50_ms": {side: result["latency_ms"][side]["p50"]
+                       for side in ("grpc_local_server", "in_process")},
+            "grpc_over_in_process": result["grpc_over_in_process"],
+            "images_per_s_one_client": {
+                f"batch_{cell['batch']}": {side: cell[side]["images_per_s"]
+                                           for side in ("grpc_local_server", "in_process")}
+                for cell in result["throughput"] if cell["clients"] == 1},
+        }
     data = results.get("data_stages")
     if data:
         summary["data_stages"] = {
@@ -193,6 +221,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--data-root", default=os.path.join(common.REPO_ROOT, "data", "synthetic"))
     parser.add_argument("--out", default=os.path.join(common.REPO_ROOT, "outputs", "benchmarks"),
                         help="logs, the data stages' kept outputs and latest.json")
+    parser.add_argument("--pushed-models",
+                        default=os.path.join(common.REPO_ROOT, "outputs", "serving",
+                                             "lv_segmentation"),
+                        help="the versions `make run` pushed (serving_pushed_model measures "
+                             "the newest)")
     parser.add_argument("--only", nargs="+", choices=ALL, help="run only these (in order)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     args = parser.parse_args(argv)
@@ -205,7 +238,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     transform_root = os.path.join(kept, "single_process", "pipeline_root", "lv-segmentation")
     load_before = round(os.getloadavg()[0], 2)
     started = time.perf_counter()
-    results, seconds, failed = {}, {}, {}
+    results, seconds, failed, skipped = {}, {}, {}, {}
     for name in args.only or ALL:
         arguments = list(sizes[name])
         if name == "data_stages":
@@ -219,6 +252,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "median_step_seconds_after_first")
             if step:
                 arguments += ["--steady-step-seconds", str(step)]
+        elif name == "serving_pushed_model":
+            if not _has_version(args.pushed_models):
+                print(f"[bench] {name}: skipped, no pushed model under {args.pushed_models} "
+                      "(make run first)", file=sys.stderr, flush=True)
+                skipped[name] = f"no pushed model under {args.pushed_models}"
+                continue
+            arguments += ["--model-base-path", os.path.abspath(args.pushed_models)]
         try:
             run = run_script(name, arguments, os.path.join(out, f"{name}.log"))
         except Exception as exc:  # noqa: BLE001  (reported; the other benchmarks still run)
@@ -238,6 +278,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "summary": summarise(results),
         "results": results,
         "failed": failed,
+        "skipped": skipped,
     }
     with open(os.path.join(out, "latest.json"), "w") as f:
         json.dump(combined, f, indent=2)

@@ -86,7 +86,7 @@ def _add_run_command(subparsers) -> None:
                      default=configs.DEFAULT_LOCAL_RUNNER)
     options.add_schema_options(run, configs.CURATED_SCHEMA_PATH, "on this machine")
     options.add_training_options(run, dicom=True)
-    options.add_gate_options(run)
+    options.add_gate_options(run, dicom=True)
     run.add_argument("--beam-arg", action="append", dest="beam_args", metavar="ARG",
                      help="a Beam pipeline option for the data components, repeatable "
                           f"(default: {' '.join(configs.DEFAULT_BEAM_ARGS)})")

@@ -21,6 +21,10 @@ DEFAULT_LOCAL_RUNNER = BEAM_RUNNER
 # Defaults of the local runs (relative to the working directory, as `make run` uses them).
 DEFAULT_DATA_ROOT = os.path.join("data", "synthetic")
 DEFAULT_OUTPUT_ROOT = "outputs"
+# The real patients the repository carries (Sunnybrook Cardiac Data, CC0; its README.md gives the
+# licence, citation and layout): `make run` trains on them, tests and benchmarks read them.
+BUNDLED_SUBSET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "data", "sunnybrook-subset")
 
 # ImportExampleGen's input: one folder per split under the data root, split by patient upstream.
 # A data root without these folders is read as one pattern and hash-split (see create_pipeline).
@@ -51,20 +55,27 @@ DEFAULT_NORMALIZATION = trainer_config.DEFAULT_NORMALIZATION
 
 def dicom_run_defaults() -> Dict[str, Any]:
     """What a run on real DICOMs (usually a few patients) changes from the general defaults:
-    ``train_steps`` and TrainingConfig fields, each measured on the Sunnybrook subset
-    (docs/decisions.md). Half of the training examples are generated slices, so training is
-    longer; an elastic deformation of 4 px when augmenting (trainer.augment); the exported model
-    averages its prediction over the four flips of the image (trainer.tta); and a deep ensemble
-    of three nets averaged into one model (trainer.nets.build_ensemble), three times the
-    training and the serving work."""
-    return {"train_steps": 600, "synthetic_mix": 0.5, "elastic_pixels": 4.0,
-            "test_time_flips": True, "ensemble_size": 3}
+    ``train_steps`` and TrainingConfig fields, each measured on the Sunnybrook subset by
+    leaving one patient out over three seeds (docs/decisions.md,
+    docs/experiments/2026-12-07-one-network.md). Half of the training examples are generated
+    slices, from 60 generated patients; an elastic deformation of 4 px when augmenting
+    (trainer.augment); the weights averaged over the last quarter of the run
+    (trainer.weight_averaging); and the exported model averages its prediction over the four
+    flips of the image (trainer.tta). One network: an ensemble (``--ensemble-size``) did no
+    better and costs three times the training and the serving."""
+    return {"train_steps": 540, "synthetic_mix": 0.5, "synthetic_patients": 60,
+            "elastic_pixels": 4.0, "average_last": 0.25, "test_time_flips": True}
 
 
 # The gate: a model is pushed only if its eval Dice is at least MIN_DICE and at most
 # MAX_DICE_DROP below the Dice of the model being served (0 = no regression allowed).
 MIN_DICE = 0.85
 MAX_DICE_DROP = 0.0
+# MIN_DICE of a run on real DICOMs (`make run`: two patients train, one evaluates). One held-out
+# patient's 18-20 slices move its Dice by several points with the seed: the default recipe's
+# leave-one-patient-out figures over three seeds run from 0.81 to 0.91 (docs/decisions.md), so a
+# model under 0.8 is a failed run, not an unlucky one.
+DICOM_MIN_DICE = 0.8
 # The slice gate: on each LV size bucket (empty / small / mid / large, trainer.slices), Dice may
 # be at most this below the served model's on the same bucket; None disables it. Larger than
 # MAX_DICE_DROP because a bucket holds few images (the default eval split: 13 large, 7 mid,

@@ -46,12 +46,19 @@ TRAINING_OPTIONS = (
            choices=trainer_config.NORM_LAYERS),
     Option("--synthetic-mix", "synthetic_mix", float, "share of training examples drawn from "
            "generated slices", metavar="SHARE"),
+    Option("--synthetic-patients", "synthetic_patients", int, "generated patients (13 slices "
+           "each) the mixed-in slices come from", metavar="N"),
     Option("--elastic-pixels", "elastic_pixels", float, "elastic deformation when augmenting: "
            "standard deviation of the displacement, 0 = off", metavar="PIXELS"),
     Option("--max-gain-change", "max_gain_change", float, "augmentation multiplies the "
            "normalised image by a gain drawn from [1 - X, 1 + X]", metavar="X"),
     Option("--max-gamma-change", "max_gamma_change", float, "augmentation raises the "
            "normalised image to a gamma drawn from [1 - X, 1 + X]", metavar="X"),
+    Option("--average-last", "average_last", float, "stochastic weight averaging: export the "
+           "mean of the weights over this share of the run's last steps (0 = off)",
+           metavar="SHARE"),
+    Option("--averaging-learning-rate", "averaging_learning_rate", float, "the constant "
+           "learning rate while weights are averaged", metavar="RATE"),
     Option("--ensemble-size", "ensemble_size", int, "train N networks (seeds seed, seed + 1, "
            "...) and export one model averaging their LV probabilities: N times the training "
            "and the serving work", metavar="N"),
@@ -95,10 +102,13 @@ def add_training_options(parser: argparse.ArgumentParser, dicom: bool = False) -
                             "or the lab's 1/1024 (default %(default)s)")
 
 
-def add_gate_options(parser: argparse.ArgumentParser) -> None:
+def add_gate_options(parser: argparse.ArgumentParser, dicom: bool = False) -> None:
+    """The gate's options. ``dicom``: the command can run on DICOMs, so the help names their
+    default too."""
     group = parser.add_argument_group("the gate (a model is pushed only if it passes)")
-    group.add_argument("--min-dice", type=float, default=configs.MIN_DICE, metavar="DICE",
-                       help="eval Dice at least this (default %(default)s)")
+    dicom_text = f"; {configs.DICOM_MIN_DICE} on real DICOMs (--dicom-root)" if dicom else ""
+    group.add_argument("--min-dice", type=float, default=None, metavar="DICE",
+                       help=f"eval Dice at least this (default {configs.MIN_DICE}{dicom_text})")
     group.add_argument("--max-dice-drop", type=float, default=configs.MAX_DICE_DROP,
                        metavar="DROP", help="eval Dice at most this below the served model's "
                                             "(default %(default)s)")
@@ -159,7 +169,8 @@ def settings_from_args(args: argparse.Namespace, dicom: bool = False,
         train_steps=train_steps,
         training=training,
         normalization=args.normalization,
-        min_dice=args.min_dice,
+        min_dice=(args.min_dice if args.min_dice is not None else
+                  configs.DICOM_MIN_DICE if dicom else configs.MIN_DICE),
         max_dice_drop=args.max_dice_drop,
         max_slice_dice_drop=None if args.no_slice_gate else args.max_slice_dice_drop,
         enable_cache=not args.no_cache,

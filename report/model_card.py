@@ -70,6 +70,16 @@ def _ensemble(config: Dict[str, object]) -> str:
     return f", an ensemble of {size} ({seeds}) whose LV probabilities are averaged"
 
 
+def _weight_averaging(config: Dict[str, object]) -> str:
+    """With stochastic weight averaging, e.g. ``; weights averaged over the last 25% of the
+    steps at learning rate 0.00025``; else nothing."""
+    share = config.get("average_last")
+    if not share:
+        return ""
+    return (f"; weights averaged over the last {share:.0%} of the steps at learning rate "
+            f"{config.get('averaging_learning_rate'):g}")
+
+
 def _data_description(facts: RunFacts) -> str:
     example_gen = facts.stage("SunnybrookExampleGen", "ImportExampleGen")
     if example_gen is None:
@@ -109,7 +119,8 @@ def render_model_card(facts: RunFacts, rows, rules, per_image, generated: str) -
         f"{'on' if config.get('augment') else 'off'}"
         + (f" ({augmentation})" if config.get("augment") and augmentation else "")
         + f", generated-slice share "
-        f"{config.get('synthetic_mix', 0)}, seed {config.get('seed')}.",
+        f"{config.get('synthetic_mix', 0)}, seed {config.get('seed')}"
+        + _weight_averaging(config) + ".",
         "",
         "## Intended use",
         INTENDED_USE,

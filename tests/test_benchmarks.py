@@ -92,3 +92,18 @@ def test_serving_latency_json():
     assert [(c["batch"], c["clients"]) for c in lab["throughput"]] == [(1, 1), (1, 2), (2, 1),
                                                                         (2, 2)]
     assert "images_per_s_met" in result["goals_met"]["lab_fcn"]
+    # make bench's rows for the pushed model are read from the same JSON
+    pushed = run_all.summarise({"serving_pushed_model": result})["serving_pushed_model"]
+    assert set(pushed["images_per_s_one_client"]) == {"batch_1", "batch_2"}
+    assert pushed["p50_ms"]["grpc_local_server"] == lab["latency_ms"]["grpc_local_server"]["p50"]
+
+
+def test_bench_says_when_there_is_no_pushed_model_to_measure(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert run_all.main(["--only", "serving_pushed_model", "--out", str(out),
+                         "--pushed-models", str(tmp_path / "nothing")]) == 0
+    with open(out / "latest.json") as f:
+        combined = json.load(f)
+    assert "serving_pushed_model" in combined["skipped"]
+    assert "serving_pushed_model" not in combined["results"]
+    assert "make run first" in capsys.readouterr().err

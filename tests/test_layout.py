@@ -79,7 +79,7 @@ def test_every_training_and_gate_option_of_run_is_on_kubeflow_compile_with_its_d
     from trainer.config import TrainingConfig
     fields = {f.name for f in dataclasses.fields(TrainingConfig)}
     settable = {o.field for o in options.TRAINING_OPTIONS + options.FLAG_OPTIONS}
-    internal = {"augment", "unet_base_filters", "shuffle_buffer", "synthetic_patients"}
+    internal = {"augment", "unet_base_filters", "shuffle_buffer"}
     assert fields - internal <= settable, fields - internal - settable
 
 
@@ -96,9 +96,10 @@ def test_a_dicom_run_takes_the_dicom_defaults_and_a_given_option_wins():
     assert steps == dicom["train_steps"]
     assert {k: training[k] for k in dicom if k != "train_steps"} == {
         k: v for k, v in dicom.items() if k != "train_steps"}
-    _, training = options.training_settings(parse(["--ensemble-size", "1",
+    _, training = options.training_settings(parse(["--ensemble-size", "3", "--average-last", "0",
                                                    "--no-test-time-flips"]), dicom=True)
-    assert (training["ensemble_size"], training["test_time_flips"]) == (1, False)
+    assert (training["ensemble_size"], training["average_last"],
+            training["test_time_flips"]) == (3, 0.0, False)
     # and the command line that reproduces them (benchmarks start `lvseg run` with it)
     again = options.training_settings(parse(options.command_line(steps, training)))
     assert again == (steps, training)

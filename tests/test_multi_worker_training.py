@@ -242,12 +242,13 @@ def training_operator(tmp_path, monkeypatch):
 def test_a_tfjob_trains_a_deep_ensemble_on_two_workers(transformed, tmp_path, training_operator):
     """The compiled kfp Trainer task with --trainer-replicas 2: it creates the TFJob, the two
     pods train (here a two-member ensemble, briefly) and the task returns when the job has
-    succeeded."""
+    succeeded. The members average their weights over the last half of the run, so the
+    batch-norm refresh runs under MultiWorkerMirroredStrategy too."""
     _, inputs = transformed
     job = tfjob_training.TFJobTraining(image=IMAGE, replicas=2, cpus=2, memory_gb=8,
                                        poll_seconds=1)
     training = {"batch_size": 4, "epochs": 1, "unet_base_filters": 4, "ensemble_size": 2,
-                "seed": 7}
+                "seed": 7, "average_last": 0.5}
     properties = compiled_trainer_properties(str(tmp_path), KFP, job, steps=4,
                                              training=training)
     out_dir = str(tmp_path / "run")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from benchmarks import lopo_sunnybrook
 from lvseg import cli
 
 from pipeline import configs, local_runner, run_summary
@@ -188,9 +189,12 @@ def test_dicom_folders_train_gate_and_push(tmp_path, capsys):
     exit_code = cli.main(["run", "--runner", "local", "--dicom-root", str(tmp_path / "dicoms"),
                           "--contour-root", str(tmp_path / "contours"), "--eval-fraction", "0.34",
                           "--output-root", output_root, "--train-steps", "2", "--epochs", "1",
-                          "--min-dice", "0"])
+                          "--min-dice", "0", "--ensemble-size", "2", "--test-time-flips"])
     out = capsys.readouterr().out
     assert exit_code == 0, out
+    # the Trainer says what training cost (the leave-one-patient-out benchmark reads it)
+    cost = lopo_sunnybrook.trainer_cost(out)
+    assert cost["trainer_wall_s"] >= 0 and cost["trainer_cpu_s"] > 0
     run = local_runner.LocalRun(output_root=output_root)
     summary = run_summary.read_run_summary(run.metadata_path, run.pipeline_name)
     assert summary.blessed and summary.pushed
@@ -205,20 +209,23 @@ def test_dicom_folders_train_gate_and_push(tmp_path, capsys):
     assert len(eval_slices) == 3
     assert {s.patient_id for s in eval_slices} == set(ingest["splits"]["eval"]["patients"])
     assert all(s.pixel_spacing is not None for s in eval_slices)
-    # DICOM runs augment with elastic deformation by default (the model card says what ran) ...
+    # DICOM runs augment with elastic deformation and average weights by default (the model
+    # card says what ran) ...
     defaults, dicom = configs.DEFAULT_TRAINING, configs.dicom_run_defaults()
     with open(model_card.pushed_card_path(summary.pushed_path)) as f:
         card = f.read()
     assert (f"augmentation on (gain ±{defaults.max_gain_change:g}, "
             f"gamma ±{defaults.max_gamma_change:g}, "
             f"elastic {dicom['elastic_pixels']:g} px)") in card
-    # ... and train an ensemble, each member with its own seed and training curves
-    size, seed = dicom["ensemble_size"], defaults.seed
+    assert (f"weights averaged over the last {dicom['average_last']:.0%} of the steps at "
+            f"learning rate {defaults.averaging_learning_rate:g}") in card
+    # ... here an ensemble of two, each member with its own seed and training curves
+    size, seed = 2, defaults.seed
     assert f"an ensemble of {size} (seeds {seed}-{seed + size - 1})" in card
     (model_run,) = glob.glob(os.path.join(run.pipeline_root, "Trainer", "model_run", "*"))
     assert sorted(name for name in os.listdir(model_run) if name.startswith("member_")) == [
         f"member_{index}" for index in range(1, size)]
-    # ... and export flip averaging by default: averaged over all four flips, the served
+    # ... and flip averaging: averaged over all four flips, the served
     # probability of a flipped image is the flipped probability (a plain net is not symmetric).
     predict = tf.saved_model.load(summary.pushed_path).signatures[signatures.SERVING_RAW_IMAGE]
     image = eval_slices[0].image[np.newaxis]

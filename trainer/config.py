@@ -101,6 +101,11 @@ class TrainingConfig:
     # that averages their LV probabilities (nets.build_ensemble). Each member costs a training
     # run and a forward pass per served image (docs/experiments/2026-12-02-ensemble.md).
     ensemble_size: int = 1
+    # Stochastic weight averaging (trainer.weight_averaging): the exported weights are the mean of
+    # those the net passed through over this share of the run's last steps, at a constant
+    # learning rate of averaging_learning_rate; 0 = off (the weights of the last step).
+    average_last: float = 0.0
+    averaging_learning_rate: float = 2.5e-4
     # Export option: the serving signatures average the LV probability over the four flips of
     # the image (trainer.tta); four forward passes per image (docs/decisions.md).
     test_time_flips: bool = False
@@ -132,6 +137,12 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(config, name)}")
         if not config.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {config.learning_rate}")
+        if not 0.0 <= config.average_last < 1.0:
+            raise ValueError(f"average_last must be in [0, 1), got {config.average_last}")
+        if config.average_last and not (
+                0 < config.averaging_learning_rate <= config.learning_rate):
+            raise ValueError("averaging_learning_rate must be positive and at most learning_rate "
+                             f"({config.learning_rate}), got {config.averaging_learning_rate}")
         if not 0.0 <= config.synthetic_mix < 1.0:
             raise ValueError(f"synthetic_mix must be in [0, 1), got {config.synthetic_mix}")
         if config.synthetic_mix and config.synthetic_patients < 1:

@@ -13,6 +13,7 @@ job every task trains and saves, but only the chief writes to the Trainer's outp
 import dataclasses
 import json
 import os
+import time
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -21,6 +22,8 @@ from tfx import v1 as tfx
 
 from trainer import cluster, nets, signatures, training
 from trainer.config import TrainingConfig, member_configs  # noqa: F401  (dotted paths in tests)
+
+TRAINING_COST_PREFIX = "Trainer: trained and exported"
 
 
 def run_fn(fn_args: tfx.components.FnArgs):
@@ -32,6 +35,7 @@ def run_fn(fn_args: tfx.components.FnArgs):
     if config.seed is not None:
         tf.config.experimental.enable_op_determinism()
 
+    started, cpu_started = time.time(), time.process_time()
     role = cluster.from_environment()
     strategy = training.distribution_strategy(role)
     # Only the chief writes to the Trainer's outputs; other tasks write to a private folder.
@@ -47,6 +51,10 @@ def run_fn(fn_args: tfx.components.FnArgs):
         cluster.remove_private_dir(role, export_dir)
     if role.is_chief:
         logging.info("Exported SavedModel to %s", fn_args.serving_model_dir)
+    # The training cost of the run (benchmarks/lopo_sunnybrook.py reads this line).
+    print(f"{TRAINING_COST_PREFIX} {fn_args.train_steps} steps x {config.ensemble_size} net(s) "
+          f"in {time.time() - started:.0f} s, {time.process_time() - cpu_started:.0f} CPU-s",
+          flush=True)
 
 
 def _train_and_export(config: TrainingConfig, fn_args: tfx.components.FnArgs,
