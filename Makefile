@@ -1,4 +1,5 @@
-# Set-up and the two main jobs. `make run` runs the pipeline on the generated default data;
+# Set-up and the two main jobs. `make run` runs the pipeline on the bundled real patients
+# (data/sunnybrook-subset, read as DICOMs; `make run DATA=synthetic` on generated data instead);
 # `make test` runs the test suite. Both create .venv with Python 3.10 and the lock first.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -9,14 +10,19 @@ PYTHON ?= $(shell pyenv which python 2>/dev/null || command -v python3.10)
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# What `make run` trains on: sunnybrook (the bundled real patients) or synthetic (generated).
+DATA ?= sunnybrook
+SUNNYBROOK := data/sunnybrook-subset
 DATA_ROOT ?= data/synthetic
 OUTPUT_ROOT ?= outputs
+RUN_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: help install run test lint bench data clean distclean
 
 help:
-	@echo "make run    run the whole pipeline on the generated default data ($(DATA_ROOT))"
+	@echo "make run    run the whole pipeline on the bundled real patients ($(SUNNYBROOK));"
+	@echo "            make run DATA=synthetic on generated slices ($(DATA_ROOT)); RUN_ARGS='...' adds lvseg run options"
 	@echo "make test   run the test suite"
 	@echo "make lint   check the code with ruff (ruff.toml)"
 	@echo "make bench  run the benchmarks (under 20 min on 2 CPUs), print the figures as one JSON object"
@@ -40,8 +46,17 @@ data: $(DATA_ROOT)/manifest.json
 $(DATA_ROOT)/manifest.json: | $(INSTALLED)
 	$(BIN)/lvseg data synth --out $(DATA_ROOT)
 
+ifeq ($(DATA),sunnybrook)
+run: $(INSTALLED)
+	$(BIN)/lvseg run --dicom-root $(SUNNYBROOK)/dicoms --contour-root $(SUNNYBROOK)/contourfiles \
+		--link $(SUNNYBROOK)/link.csv --output-root $(OUTPUT_ROOT) $(RUN_ARGS)
+else ifeq ($(DATA),synthetic)
 run: $(INSTALLED) $(DATA_ROOT)/manifest.json
-	$(BIN)/lvseg run --data-root $(DATA_ROOT) --output-root $(OUTPUT_ROOT)
+	$(BIN)/lvseg run --data-root $(DATA_ROOT) --output-root $(OUTPUT_ROOT) $(RUN_ARGS)
+else
+run:
+	@echo "DATA must be sunnybrook (the bundled real patients) or synthetic, not '$(DATA)'"; exit 2
+endif
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -52,10 +67,11 @@ lint: $(INSTALLED)
 # Each figure is a ratio against the plain way of doing the same work, measured in the same run.
 # Logs and latest.json under $(OUTPUT_ROOT)/benchmarks.
 bench: $(INSTALLED) $(DATA_ROOT)/manifest.json
-	$(BIN)/python benchmarks/run_all.py --data-root $(DATA_ROOT) --out $(OUTPUT_ROOT)/benchmarks
+	$(BIN)/python benchmarks/run_all.py --data-root $(DATA_ROOT) --out $(OUTPUT_ROOT)/benchmarks \
+		--pushed-models $(OUTPUT_ROOT)/serving/lv_segmentation
 
 clean:
 	rm -rf $(OUTPUT_ROOT)
 
 distclean: clean
-	rm -rf $(VENV) $(DATA_ROOT) *.egg-info
+	rm -rf $(VENV) $(DATA_ROOT) *.egg-info  # never the bundled data/sunnybrook-subset

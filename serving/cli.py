@@ -109,6 +109,9 @@ def register(subparsers) -> None:
     predict.add_argument("--batch-size", type=int, default=8, help="slices per request")
     predict.add_argument("--timeout", type=float, default=serving_config.DEFAULT_TIMEOUT_S,
                          help="deadline of each call, seconds")
+    predict.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                         help="wait up to this long for the model to be available first (a "
+                              "server just started is still loading it); default: do not wait")
     predict.add_argument("--tls-ca", help="PEM CA bundle: connect over TLS")
     predict.add_argument("--rest", action="store_true",
                          help="use TF Serving's REST API "
@@ -231,10 +234,12 @@ def predict_command(args) -> int:
                                               credentials=credentials, **options)
     with serving_client as serving:
         try:
+            if args.wait > 0:
+                serving.wait_until_available(args.wait)
             bad_files = predict.predict_files(
                 args.files, lambda batch: serving.predict(batch)[0], args.out,
                 args.batch_size, sys.stdout, sys.stderr)
-        except client.ServingError as exc:
+        except (client.ServingError, TimeoutError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_SERVER_ERROR
     if bad_files:

@@ -4,6 +4,7 @@ import argparse
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -99,6 +100,40 @@ def test_predict_with_the_server_down_is_one_error(tmp_path, sample_images, caps
                                             str(tmp_path / "a.npy")]))
     assert exit_code == cli.EXIT_SERVER_ERROR
     assert "UNAVAILABLE" in capsys.readouterr().err
+
+
+def test_predict_waits_for_a_server_that_is_still_starting(sample_saved_model, sample_images,
+                                                           tmp_path, capsys):
+    """`lvseg serve &` then `lvseg predict --wait`: the server needs seconds to load TensorFlow
+    and the model; predict waits for the model instead of failing on a refused connection."""
+    base_path = str(tmp_path / "serving" / configs.MODEL_NAME)
+    atomic_pusher.push_version_atomically(sample_saved_model, base_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    np.save(tmp_path / "a.npy", sample_images[0])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--model-base-path", base_path,
+         "--port", str(port), "--host", "127.0.0.1"],
+        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        exit_code = cli.predict_command(_parse([
+            "predict", "--target", f"127.0.0.1:{port}", "--wait", "120",
+            "--out", str(tmp_path / "out"), str(tmp_path / "a.npy")]))
+        assert exit_code == cli.EXIT_OK, capsys.readouterr().err
+        assert (tmp_path / "out" / "a_mask.png").exists()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_predict_that_waits_for_no_server_says_so(tmp_path, sample_images, capsys):
+    np.save(tmp_path / "a.npy", sample_images[0])
+    exit_code = cli.predict_command(_parse(["predict", "--target", "127.0.0.1:1", "--wait", "1",
+                                            "--out", str(tmp_path / "out"),
+                                            str(tmp_path / "a.npy")]))
+    assert exit_code == cli.EXIT_SERVER_ERROR
+    assert "not available after 1 s" in capsys.readouterr().err
 
 
 def test_lv_area_and_contour():

@@ -10,11 +10,11 @@ from scipy import ndimage
 
 from dataset import sunnybrook
 from lvseg import cli
+from pipeline import configs
 from trainer import postprocess
 from dataset import records
 
-REAL_SUBSET = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "shared", "data", "sunnybrook-subset")
+REAL_SUBSET = configs.BUNDLED_SUBSET
 
 
 def write_dicom(path, pixels, instance, modality="MR", frames=None, pixel_data=True,
