@@ -36,7 +36,7 @@ import tensorflow as tf  # noqa: E402
 
 from dataset import records, sunnybrook  # noqa: E402
 from pipeline import configs, options, run_summary  # noqa: E402
-from trainer import config as trainer_config, dice, model, postprocess  # noqa: E402
+from trainer import config as trainer_config, dice, model, postprocess, tta  # noqa: E402
 
 DEFAULT_SUBSET = configs.BUNDLED_SUBSET
 
@@ -71,24 +71,18 @@ def trainer_cost(log_text: str) -> dict:
     return {"trainer_wall_s": int(match.group(1)), "trainer_cpu_s": int(match.group(2))}
 
 
-_FLIPS = ((False, False), (False, True), (True, False), (True, True))
-
-
-def _flip(images: np.ndarray, rows: bool, columns: bool) -> np.ndarray:
-    return images[:, ::-1 if rows else 1, ::-1 if columns else 1]
-
-
 def rescore(model_dir: str, eval_slices) -> dict:
     """Dice of the pushed model on ``eval_slices`` through ``serving_raw_image``: its served mask,
-    and the served post-processing of its probability averaged over the four flips."""
+    and the served post-processing of its probability averaged over the four flips (the views of
+    :mod:`trainer.tta`, each flipped back)."""
     predict = tf.saved_model.load(model_dir).signatures[trainer_config.SERVING_RAW_IMAGE]
-    images = np.stack([s.image for s in eval_slices]).astype(np.int64)
+    images = tf.constant(np.stack([s.image for s in eval_slices]).astype(np.int64))
     labels = np.stack([s.mask for s in eval_slices])
-    served = predict(image=tf.constant(images))
-    averaged = np.mean([_flip(predict(image=tf.constant(np.ascontiguousarray(
-        _flip(images, *view))))[trainer_config.PROBABILITIES_OUTPUT].numpy(), *view)
-        for view in _FLIPS], axis=0)
-    flipped_mask = postprocess.lv_mask(tf.constant(averaged, tf.float32))
+    served = predict(image=images)
+    averaged = tf.add_n([
+        tta.flip(predict(image=tta.flip(images, *view))[trainer_config.PROBABILITIES_OUTPUT],
+                 *view) for view in tta.VIEWS]) / len(tta.VIEWS)
+    flipped_mask = postprocess.lv_mask(averaged)
     return {"served_dice": round(float(np.mean(dice.dice_per_image(
                 labels, served[trainer_config.MASK_OUTPUT]))), 4),
             "flip_averaged_dice": round(float(np.mean(dice.dice_per_image(

@@ -11,18 +11,18 @@ import tensorflow as tf
 from trainer import dice
 
 # (flip rows, flip columns) of each view; a flip is its own inverse, so the same flip undoes it.
-_VIEWS = ((False, False), (False, True), (True, False), (True, True))
+VIEWS = ((False, False), (False, True), (True, False), (True, True))
 
 
-def _flip(images: tf.Tensor, rows: bool, columns: bool) -> tf.Tensor:
+def flip(images: tf.Tensor, rows: bool, columns: bool) -> tf.Tensor:
     """Flips ``[N, H, W, ...]`` along rows (axis 1) and/or columns (axis 2)."""
-    axes = [axis for axis, flip in ((1, rows), (2, columns)) if flip]
+    axes = [axis for axis, flipped in ((1, rows), (2, columns)) if flipped]
     return tf.reverse(images, axes) if axes else images
 
 
 def flip_averaged_probability(model: tf.keras.Model, images: tf.Tensor) -> tf.Tensor:
     """LV probability ``[N, H, W]`` of normalised images ``[N, H, W, 1]``, averaged over the four
     flips; one batched forward pass of ``4N`` images."""
-    batch = tf.concat([_flip(images, *view) for view in _VIEWS], axis=0)
-    probabilities = tf.split(dice.lv_probability(model(batch, training=False)), len(_VIEWS))
-    return tf.add_n([_flip(p, *view) for p, view in zip(probabilities, _VIEWS)]) / len(_VIEWS)
+    batch = tf.concat([flip(images, *view) for view in VIEWS], axis=0)
+    probabilities = tf.split(dice.lv_probability(model(batch, training=False)), len(VIEWS))
+    return tf.add_n([flip(p, *view) for p, view in zip(probabilities, VIEWS)]) / len(VIEWS)
