@@ -19,7 +19,6 @@ over the four flips of each image (what ``--test-time-flips`` bakes in), so one 
 says what flip averaging buys it.
 """
 import argparse
-import glob
 import json
 import os
 import re
@@ -36,6 +35,7 @@ import tensorflow as tf  # noqa: E402
 
 from dataset import records, sunnybrook  # noqa: E402
 from pipeline import configs, options, run_summary  # noqa: E402
+from serving import versions  # noqa: E402
 from trainer import config as trainer_config, dice, model, postprocess, tta  # noqa: E402
 
 DEFAULT_SUBSET = configs.BUNDLED_SUBSET
@@ -90,12 +90,12 @@ def rescore(model_dir: str, eval_slices) -> dict:
 
 
 def pushed_model_dir(output_root: str) -> str:
+    """The newest complete version the run pushed (read as TF Serving reads version folders)."""
     serving_dir = configs.serving_model_dir(output_root)
-    versions = [path for path in glob.glob(os.path.join(serving_dir, "*"))
-                if os.path.basename(path).isdigit()]
-    if not versions:
+    folders = versions.version_folders(serving_dir)
+    if not folders:
         raise RuntimeError(f"no model pushed under {output_root}")
-    return max(versions, key=lambda path: int(os.path.basename(path)))
+    return os.path.join(serving_dir, folders[max(folders)])
 
 
 def run_fold(data_root: str, output_root: str, train_steps: int, training: dict) -> dict:

@@ -28,7 +28,9 @@ from benchmarks import common, serving_latency  # noqa: E402
 VARIANTS = ("as_pushed", "one_net_flips", "ensemble_of_3_flips")
 
 
-def newest(pattern: str) -> str:
+def newest_transform_graph(pipeline_root: str) -> str:
+    """The Transform output of the pipeline root's newest execution (TFX numbers them)."""
+    pattern = os.path.join(pipeline_root, "Transform", "transform_graph", "*")
     paths = [path for path in glob.glob(pattern) if os.path.basename(path).isdigit()]
     if not paths:
         raise FileNotFoundError(f"nothing matches {pattern}")
@@ -69,8 +71,13 @@ def main(argv=None) -> int:
 
     from trainer import tf_env  # noqa: F401  (before TensorFlow)
 
-    pushed_dir = newest(os.path.join(args.serving_dir, "*"))
-    transform_dir = newest(os.path.join(args.pipeline_root, "Transform", "transform_graph", "*"))
+    from serving import versions
+
+    folders = versions.version_folders(args.serving_dir)
+    if not folders:
+        raise FileNotFoundError(f"no complete version under {args.serving_dir}")
+    pushed_dir = os.path.join(args.serving_dir, folders[max(folders)])
+    transform_dir = newest_transform_graph(args.pipeline_root)
     results = {}
     with tempfile.TemporaryDirectory(prefix="recipe-serving-") as work_dir:
         for variant in args.variants:

@@ -88,11 +88,6 @@ def run_script(name: str, arguments: List[str], log_path: str) -> Dict[str, obje
     return {"seconds": seconds, "result": result}
 
 
-def _has_version(model_base_path: str) -> bool:
-    return os.path.isdir(model_base_path) and any(
-        name.isdigit() for name in os.listdir(model_base_path))
-
-
 def _get(mapping, *keys, default=None):
     for key in keys:
         if not isinstance(mapping, dict) or key not in mapping:
@@ -253,7 +248,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             if step:
                 arguments += ["--steady-step-seconds", str(step)]
         elif name == "serving_pushed_model":
-            if not _has_version(args.pushed_models):
+            from serving import versions
+            if not versions.servable_versions(args.pushed_models):
                 print(f"[bench] {name}: skipped, no pushed model under {args.pushed_models} "
                       "(make run first)", file=sys.stderr, flush=True)
                 skipped[name] = f"no pushed model under {args.pushed_models}"
